@@ -1,0 +1,329 @@
+"""Apptainer/Singularity: pure argv builders, bind parsing, image checks and runtime detection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import (
+    BindSourceNotFound,
+    ImageNotFound,
+    ImageNotReadable,
+    InvalidBind,
+    NotAContainerImage,
+    RuntimeNotFound,
+)
+
+__all__ = [
+    "GPU_MODES",
+    "Bind",
+    "RuntimeInfo",
+    "parse_bind",
+    "gpu_flags",
+    "build_exec_argv",
+    "container_env",
+    "env_prefix",
+    "image_kind",
+    "check_image",
+    "check_bind_sources",
+    "is_image_uri",
+    "parse_runtime_version",
+    "find_runtime",
+    "find_runtime_async",
+]
+
+#: GPU modes the provisioner accepts, mapped to the runtime flags that implement them.
+GPU_MODES: dict[str, tuple[str, ...]] = {
+    "nv": ("--nv",),
+    # --nvccli is a variant of --nv: apptainer wants both.
+    "nvccli": ("--nv", "--nvccli"),
+    "rocm": ("--rocm",),
+    "none": (),
+}
+
+_BIND_OPTIONS = {"ro", "rw"}
+_SIF_MAGIC = b"SIF_MAGIC"
+_SQUASHFS_MAGIC = b"hsqs"
+_EXT_MAGIC = b"\x53\xef"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """One bind mount: host ``src`` at container ``dst`` with optional ``opts`` (ro/rw)."""
+
+    src: str
+    dst: str
+    opts: str = ""
+
+    def spec(self) -> str:
+        """The ``--bind`` value apptainer reads: ``src[:dst[:opts]]``."""
+        if self.opts:
+            return f"{self.src}:{self.dst}:{self.opts}"
+        if self.dst != self.src:
+            return f"{self.src}:{self.dst}"
+        return self.src
+
+
+def _check_path_text(path: str, what: str, value: str) -> None:
+    # apptainer splits --bind on ',' and ':' with no quoting, so such a path would silently
+    # become two binds or a wrong destination; refuse it instead of guessing.
+    if "," in path or ":" in path:
+        raise InvalidBind(
+            f"Bind {value!r}: the {what} path {path!r} contains ',' or ':', which apptainer "
+            "reads as separators. Bind a parent directory or a symlink without them."
+        )
+    if "\n" in path or "\0" in path:
+        raise InvalidBind(f"Bind {value!r}: the {what} path contains a newline or NUL byte.")
+    if not path.startswith("/"):
+        raise InvalidBind(
+            f"Bind {value!r}: the {what} path {path!r} is relative. Use an absolute path."
+        )
+
+
+def parse_bind(value: str) -> Bind:
+    """Parse ``SRC[:DST[:OPTS]]`` the way apptainer does, refusing what it would misread.
+
+    Called by the provisioner's trait validation and by the CLI's ``--bind``; ``~`` in the
+    source is expanded for this user, nothing else (no shell, no variables).
+    """
+    if not value or not value.strip():
+        raise InvalidBind("Empty bind specification. Use SRC[:DST[:ro|rw]].")
+    parts = value.split(":")
+    if len(parts) > 3:
+        raise InvalidBind(
+            f"Bind {value!r} has {len(parts) - 1} ':' separators; use SRC[:DST[:ro|rw]] "
+            "and paths without ':'."
+        )
+    src = os.path.expanduser(parts[0])
+    dst = parts[1] if len(parts) > 1 and parts[1] else src
+    opts = parts[2] if len(parts) > 2 else ""
+    if opts and opts not in _BIND_OPTIONS:
+        raise InvalidBind(f"Bind {value!r}: option {opts!r} is not one of ro, rw.")
+    _check_path_text(src, "source", value)
+    _check_path_text(dst, "destination", value)
+    return Bind(src=src, dst=dst, opts=opts)
+
+
+def gpu_flags(mode: str) -> list[str]:
+    """The runtime flags for a GPU mode (nv | nvccli | rocm | none)."""
+    try:
+        return list(GPU_MODES[mode])
+    except KeyError:
+        raise ValueError(
+            f"GPU mode {mode!r} is not one of {', '.join(GPU_MODES)}."
+        ) from None
+
+
+def build_exec_argv(
+    runtime: str,
+    image: str,
+    command: Sequence[str],
+    *,
+    gpu: str = "nv",
+    binds: Iterable[Bind] = (),
+    pwd: str | None = None,
+    cleanenv: bool = False,
+    contain: bool = False,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """Build ``runtime exec [flags] IMAGE COMMAND...`` as a list; never a shell string.
+
+    Every option stands before the image (apptainer stops reading its own options there),
+    GPU flags first so ``--nv`` is never lost behind a site's extra arguments. Duplicate
+    binds (same source and destination) are given once.
+    """
+    argv = [runtime, "exec", *gpu_flags(gpu)]
+    if cleanenv:
+        argv.append("--cleanenv")
+    if contain:
+        argv.append("--contain")
+    seen: set[tuple[str, str]] = set()
+    for bind in binds:
+        key = (bind.src, bind.dst)
+        if key in seen:
+            continue
+        seen.add(key)
+        argv += ["--bind", bind.spec()]
+    if pwd:
+        argv += ["--pwd", pwd]
+    argv += list(extra_args)
+    argv.append(image)
+    argv += list(command)
+    return argv
+
+
+def env_prefix(flavor: str) -> str:
+    """The prefix that passes a variable into the container for this runtime flavor."""
+    return "SINGULARITYENV_" if flavor == "singularity" else "APPTAINERENV_"
+
+
+def container_env(flavor: str, env: Mapping[str, str]) -> dict[str, str]:
+    """Map variables meant for the container to the ``{APPTAINER,SINGULARITY}ENV_`` form.
+
+    Those survive ``--cleanenv`` and keep values out of argv (where ``ps`` shows them).
+    """
+    prefix = env_prefix(flavor)
+    return {prefix + name: str(value) for name, value in env.items()}
+
+
+def is_image_uri(image: str) -> bool:
+    """True for ``docker://``, ``oras://``, ``library://`` and similar: nothing to stat."""
+    return re.match(r"^[a-z][a-z0-9+.-]*://", image) is not None
+
+
+def image_kind(path: str) -> str | None:
+    """Tell a SIF, squashfs or ext3 image file or a sandbox directory apart; None otherwise."""
+    if os.path.isdir(path):
+        return "sandbox"
+    with open(path, "rb") as f:
+        head = f.read(1082)
+    if head[32:41] == _SIF_MAGIC:
+        return "sif"
+    if head[:4] == _SQUASHFS_MAGIC:
+        return "squashfs"
+    if head[1080:1082] == _EXT_MAGIC:
+        return "ext3"
+    return None
+
+
+def check_image(image: str, kernel_name: str = "") -> str | None:
+    """Check that ``image`` can be started; return its kind (None for URIs).
+
+    Called by the provisioner before launch and by ``list``/``doctor``; raises the named
+    error a user can act on instead of letting the runtime fail later.
+    """
+    if is_image_uri(image):
+        return None
+    where = f" (kernel {kernel_name})" if kernel_name else ""
+    if not os.path.exists(image):
+        raise ImageNotFound(
+            f"Image {image} not found{where}. Check the path in the kernelspec or run "
+            "'jupyter kernelprovider list'."
+        )
+    if not os.access(image, os.R_OK):
+        raise ImageNotReadable(
+            f"Image {image} is not readable by this user{where}. Ask the image's owner to "
+            "make it world-readable (chmod a+r) or pick another image."
+        )
+    try:
+        kind = image_kind(image)
+    except OSError as e:
+        raise ImageNotReadable(f"Image {image} could not be read{where}: {e}.") from e
+    if kind is None:
+        raise NotAContainerImage(
+            f"{image} is not a container image (no SIF, squashfs or ext3 header){where}. "
+            "Rebuild it with 'apptainer build' or point the kernelspec at the right file."
+        )
+    if kind == "sandbox" and not os.path.isdir(os.path.join(image, ".singularity.d")):
+        raise NotAContainerImage(
+            f"{image} is a directory but not an apptainer sandbox (no .singularity.d){where}. "
+            "Build one with 'apptainer build --sandbox'."
+        )
+    return kind
+
+
+def check_bind_sources(binds: Iterable[Bind]) -> None:
+    """Raise BindSourceNotFound for the first bind whose source is missing on this host."""
+    for bind in binds:
+        if not os.path.exists(bind.src):
+            raise BindSourceNotFound(
+                f"Bind source {bind.src} does not exist on this host (bind {bind.spec()}). "
+                "Create it or remove it from the kernelspec's binds."
+            )
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """The container runtime found: absolute path, flavor (apptainer|singularity), version."""
+
+    path: str
+    flavor: str
+    version: str
+
+
+def parse_runtime_version(text: str) -> tuple[str, str]:
+    """Parse ``apptainer version 1.4.5`` / ``singularity-ce version 4.1.0`` -> (flavor, version).
+
+    Apptainer installs a ``singularity`` alias that still says "apptainer", so the flavor
+    comes from this output, not from the binary's name.
+    """
+    text = text.strip()
+    m = re.match(r"^(apptainer|singularity(?:-ce|-pro)?)\s+version\s+(\S+)", text)
+    if m:
+        flavor = "apptainer" if m.group(1) == "apptainer" else "singularity"
+        return flavor, m.group(2)
+    m = re.match(r"^(\d+\.\d+\S*)$", text)
+    if m:  # very old singularity prints only the number
+        return "singularity", m.group(1)
+    raise ValueError(f"Cannot read a runtime version from {text!r}.")
+
+
+_runtime_cache: dict[tuple[str, float], RuntimeInfo] = {}
+
+
+def _which_runtime(runtime: str) -> str:
+    if runtime in ("", "auto"):
+        for name in ("apptainer", "singularity"):
+            found = shutil.which(name)
+            if found:
+                return found
+        raise RuntimeNotFound(
+            "Neither apptainer nor singularity is on PATH. Install Apptainer (see the README) "
+            "or set ContainerProvisioner.runtime to its full path."
+        )
+    found = shutil.which(runtime)
+    if not found:
+        raise RuntimeNotFound(
+            f"Container runtime {runtime!r} not found or not executable. Fix "
+            "ContainerProvisioner.runtime or install Apptainer."
+        )
+    return os.path.abspath(found)
+
+
+def _runtime_from_output(path: str, rc: int, out: str) -> RuntimeInfo:
+    if rc != 0:
+        raise RuntimeNotFound(
+            f"{path} --version failed (exit {rc}): {out.strip()[-300:]}. "
+            "Check the runtime's installation."
+        )
+    try:
+        flavor, version = parse_runtime_version(out)
+    except ValueError as e:
+        raise RuntimeNotFound(f"{path} is not an apptainer/singularity binary: {e}") from e
+    return RuntimeInfo(path=path, flavor=flavor, version=version)
+
+
+def find_runtime(runtime: str = "auto") -> RuntimeInfo:
+    """Find the runtime and its version (blocking; for the CLI). Cached by path and mtime."""
+    path = _which_runtime(runtime)
+    key = (path, os.stat(path).st_mtime)
+    if key not in _runtime_cache:
+        proc = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        _runtime_cache[key] = _runtime_from_output(path, proc.returncode, proc.stdout + proc.stderr)
+    return _runtime_cache[key]
+
+
+async def find_runtime_async(runtime: str = "auto") -> RuntimeInfo:
+    """Like :func:`find_runtime`, for the provisioner's event loop (never blocks it)."""
+    path = _which_runtime(runtime)
+    key = (path, os.stat(path).st_mtime)
+    if key not in _runtime_cache:
+        proc = await asyncio.create_subprocess_exec(
+            path, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+        except asyncio.TimeoutError as e:
+            proc.kill()
+            raise RuntimeNotFound(f"{path} --version did not answer within 30 s.") from e
+        _runtime_cache[key] = _runtime_from_output(
+            path, proc.returncode or 0, out.decode(errors="replace")
+        )
+    return _runtime_cache[key]

@@ -1,0 +1,92 @@
+"""The exceptions kernelprovider raises: one per failure a user can cause or meet.
+
+Each subclasses the built-in that callers already catch (``FileNotFoundError`` for a missing
+image, ``ValueError`` for a bad value, ``RuntimeError`` for a kernel that would not start), so
+code written for jupyter_client keeps working, and each message names the object, what was
+observed and the next step.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KernelProviderError",
+    "ImageNotFound",
+    "ImageNotReadable",
+    "NotAContainerImage",
+    "RuntimeNotFound",
+    "BindSourceNotFound",
+    "InvalidBind",
+    "KernelStartError",
+    "KernelStartTimeout",
+    "DriverIncompatible",
+    "DriverDirNotFound",
+    "SlurmError",
+    "SlurmSubmitError",
+    "SlurmJobFailed",
+    "SlurmQueueTimeout",
+    "StateDirError",
+]
+
+
+class KernelProviderError(Exception):
+    """Base class of every error kernelprovider raises on purpose."""
+
+
+class ImageNotFound(KernelProviderError, FileNotFoundError):
+    """The configured image path does not exist."""
+
+
+class ImageNotReadable(KernelProviderError, PermissionError):
+    """The image exists but this user cannot read it."""
+
+
+class NotAContainerImage(KernelProviderError, ValueError):
+    """The path exists but holds no SIF, squashfs or ext3 image and is no sandbox directory."""
+
+
+class RuntimeNotFound(KernelProviderError, FileNotFoundError):
+    """Neither apptainer nor singularity (or the configured path) can be run."""
+
+
+class BindSourceNotFound(KernelProviderError, FileNotFoundError):
+    """A bind's source path does not exist on the host that starts the container."""
+
+
+class InvalidBind(KernelProviderError, ValueError):
+    """A bind specification that apptainer would misread (relative path, comma, bad option)."""
+
+
+class KernelStartError(KernelProviderError, RuntimeError):
+    """The kernel process ended before it was ready; the message carries its log's last lines."""
+
+
+class KernelStartTimeout(KernelProviderError, TimeoutError):
+    """The kernel process stayed alive but never became ready within the boot timeout."""
+
+
+class DriverIncompatible(KernelProviderError, RuntimeError):
+    """The image's CUDA cannot work with the node's NVIDIA driver or GPU (verdict: fail)."""
+
+
+class DriverDirNotFound(KernelProviderError, FileNotFoundError):
+    """driver_dir mode found no directory of driver libraries for the detected driver."""
+
+
+class SlurmError(KernelProviderError, RuntimeError):
+    """Slurm could not be asked (commands missing, controller unreachable)."""
+
+
+class SlurmSubmitError(SlurmError):
+    """sbatch rejected the job; the message carries Slurm's own words."""
+
+
+class SlurmJobFailed(SlurmError):
+    """The allocation ended (failed, cancelled, timed out) before or while the kernel ran."""
+
+
+class SlurmQueueTimeout(SlurmError, TimeoutError):
+    """The job stayed pending longer than the queue timeout and was cancelled."""
+
+
+class StateDirError(KernelProviderError, PermissionError):
+    """The per-user state directory cannot be created, is unsafe, or cannot be written."""
