@@ -114,9 +114,7 @@ def gpu_flags(mode: str) -> list[str]:
     try:
         return list(GPU_MODES[mode])
     except KeyError:
-        raise ValueError(
-            f"GPU mode {mode!r} is not one of {', '.join(GPU_MODES)}."
-        ) from None
+        raise ValueError(f"GPU mode {mode!r} is not one of {', '.join(GPU_MODES)}.") from None
 
 
 def build_exec_argv(

@@ -80,7 +80,9 @@ def build_kernelspec(
     return spec
 
 
-def write_kernelspec(path: str, spec: Mapping[str, Any], logos: Mapping[str, str] | None = None) -> str:
+def write_kernelspec(
+    path: str, spec: Mapping[str, Any], logos: Mapping[str, str] | None = None
+) -> str:
     """Write kernel.json (and logo files, name -> source path) into directory ``path``."""
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "kernel.json"), "w", encoding="utf-8") as f:
@@ -115,7 +117,9 @@ def install_kernelspec(
         return ksm.install_kernel_spec(src, name, user=user, prefix=prefix, replace=True)
 
 
-def container_kernelspecs(ksm: KernelSpecManager | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+def container_kernelspecs(
+    ksm: KernelSpecManager | None = None,
+) -> dict[str, tuple[str, dict[str, Any]]]:
     """Every installed kernelspec that uses a kernelprovider provisioner: name -> (dir, spec)."""
     ksm = ksm or KernelSpecManager()
     found = {}

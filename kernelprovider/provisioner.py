@@ -68,10 +68,12 @@ def explain_exit(code: int | None, tail: str) -> str:
         hint = " The image has no ipykernel: install it in the image or pick another image."
     elif "executable file not found" in tail or "No such file or directory" in tail:
         hint = " The image has no such program (is python3 installed in it?)."
-    elif "could not open image" in tail or "failed to" in tail.lower() and "image" in tail:
+    elif "could not open image" in tail or ("FATAL" in tail and "image" in tail):
         hint = " The runtime could not open the image: rebuild it or check the file."
     last = tail.strip() or "(the kernel wrote nothing)"
-    return f"The kernel exited before it was ready (exit {code}).{hint} Last lines of its log:\n{last}"
+    return (
+        f"The kernel exited before it was ready (exit {code}).{hint} Last lines of its log:\n{last}"
+    )
 
 
 class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
@@ -164,8 +166,10 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
     @validate("container_env")
     def _validate_container_env(self, proposal: dict[str, Any]) -> dict[str, str]:
         for name in proposal["value"]:
-            if not name or not (name[0].isalpha() or name[0] == "_") or not all(
-                c.isalnum() or c == "_" for c in name
+            if (
+                not name
+                or not (name[0].isalpha() or name[0] == "_")
+                or not all(c.isalnum() or c == "_" for c in name)
             ):
                 raise TraitError(
                     f"container_env: {name!r} is not a valid variable name (letters, digits, _)."
