@@ -114,7 +114,7 @@ def install_kernelspec(
     ksm = ksm or KernelSpecManager()
     with tempfile.TemporaryDirectory() as tmp:
         src = write_kernelspec(os.path.join(tmp, name), spec, logos)
-        return ksm.install_kernel_spec(src, name, user=user, prefix=prefix, replace=True)
+        return ksm.install_kernel_spec(src, name, user=user, prefix=prefix)
 
 
 def container_kernelspecs(

@@ -1,0 +1,159 @@
+"""A kernel in a real SIF image through AsyncKernelManager: start, execute, interrupt, restart,
+shutdown, and nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from jupyter_client import AsyncKernelManager
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+async def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, str]:
+    """Execute ``code``; return the reply content and everything it printed to stdout."""
+    out: list[str] = []
+
+    def on_output(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
+    return reply["content"], "".join(out)
+
+
+def kernel_processes(km: AsyncKernelManager) -> list[psutil.Process]:
+    """The container's process and everything under it."""
+    root = psutil.Process(km.provisioner.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in arg for arg in (p.info["cmdline"] or [])):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+async def started(images, install_kernel, jupyter_dirs):
+    name = install_kernel("kp-test", images.test, display_name="TF 1.8 / CUDA 9.2 (GPU)")
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel(cwd=str(jupyter_dirs["work"]))
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    yield km, kc
+    kc.stop_channels()
+    if await km.is_alive():
+        await km.shutdown_kernel(now=True)
+
+
+async def test_kernel_runs_inside_the_image(started, jupyter_dirs) -> None:
+    km, kc = started
+    code = (
+        "import json, os, sys\n"
+        "labels = json.load(open('/.singularity.d/labels.json'))\n"
+        "print(labels['TENSORFLOW_VERSION'], labels['CUDA_VERSION'])\n"
+        "print(os.environ.get('KP_TEST_IMAGE'), os.environ.get('PYTHONNOUSERSITE'))\n"
+        "print(os.getcwd())\n"
+    )
+    reply, out = await run_cell(kc, code)
+    assert reply["status"] == "ok", out
+    lines = out.splitlines()
+    assert lines[0] == "1.8 9.2"
+    assert lines[1] == "kp-test 1"
+    assert lines[2] == str(jupyter_dirs["work"])
+    # the process the server holds is the runtime; the kernel runs under it
+    procs = kernel_processes(km)
+    assert "Apptainer runtime parent" in " ".join(procs[0].cmdline())
+    assert any("ipykernel_launcher" in " ".join(p.cmdline()) for p in procs[1:])
+
+
+async def interrupt_running_cell(km: AsyncKernelManager, kc: Any, code: str) -> dict:
+    """Start ``code``, interrupt it, return the reply of the interrupted cell."""
+    msg_id = kc.execute(code)
+    await asyncio.sleep(2)
+    await km.interrupt_kernel()
+    reply = await kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = await kc.get_shell_msg(timeout=30)
+    # ipykernel aborts requests that arrive while it handles the error; a person's next
+    # cell comes later than that.
+    await asyncio.sleep(0.5)
+    return reply["content"]
+
+
+async def test_interrupt_then_next_cell(started) -> None:
+    km, kc = started
+    reply = await interrupt_running_cell(km, kc, "while True: pass")
+    assert reply["status"] == "error"
+    assert reply["ename"] == "KeyboardInterrupt"
+    content, out = await run_cell(kc, "print(6 * 7)")
+    assert content["status"] == "ok"
+    assert out.strip() == "42"
+
+
+async def test_restart_gives_a_fresh_kernel(started) -> None:
+    km, kc = started
+    await run_cell(kc, "x = 1")
+    old = {p.pid for p in kernel_processes(km)}
+    await km.restart_kernel(now=False)
+    await kc.wait_for_ready(timeout=60)
+    content, out = await run_cell(kc, "print('x' in dir())")
+    assert content["status"] == "ok"
+    assert out.strip() == "False"
+    assert not [p for p in old if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+async def test_shutdown_leaves_nothing(images, install_kernel, jupyter_dirs) -> None:
+    name = install_kernel("kp-test", images.test)
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel(cwd=str(jupyter_dirs["work"]))
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    conn_file = km.connection_file
+    assert Path(conn_file).exists()
+    # the key is in the file (0600), not on any command line
+    key = json.loads(Path(conn_file).read_text())["key"]
+    assert oct(Path(conn_file).stat().st_mode & 0o777) == "0o600"
+    procs = kernel_processes(km)
+    assert len(procs) >= 2, "expected the runtime and the python kernel under it"
+    assert not processes_mentioning(key)
+    kc.stop_channels()
+    await km.shutdown_kernel()
+    await asyncio.sleep(0.5)
+    alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    assert processes_mentioning(conn_file) == []
+    assert not Path(conn_file).exists()
+    assert list(jupyter_dirs["runtime"].glob("kernel-*.json")) == []
+
+
+async def test_message_mode_interrupt(images, install_kernel, jupyter_dirs):
+    name = install_kernel("kp-msg", images.test, interrupt_mode="message")
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel(cwd=str(jupyter_dirs["work"]))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        reply = await interrupt_running_cell(km, kc, "import time\nwhile True: time.sleep(0.01)")
+        assert reply["ename"] == "KeyboardInterrupt"
+        content, out = await run_cell(kc, "print('alive')")
+        assert out.strip() == "alive"
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
