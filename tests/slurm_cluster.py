@@ -1,0 +1,213 @@
+"""The real single-node Slurm cluster for tests: a session fixture and squeue helpers.
+
+Nothing here fakes Slurm: the fixture starts the cluster with ``scripts/slurm-cluster.sh``
+(root only; otherwise it uses a cluster that is already up) and every helper runs the real
+``squeue``/``scancel``. Use it from a conftest with::
+
+    pytest_plugins = ["slurm_cluster"]          # tests/ is on sys.path (rootdir conftest)
+
+or ``from slurm_cluster import slurm_cluster, squeue_jobs``. See docs/slurm-testenv.md for
+what the cluster looks like and the flags measured against it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "SlurmCluster",
+    "cancel_jobs",
+    "cluster_facts",
+    "slurm_cluster",
+    "squeue_jobs",
+    "wait_job_state",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "slurm-cluster.sh"
+
+# Same switch as conftest: under `make test` a missing cluster is a broken test environment.
+REQUIRE = os.environ.get("KP_REQUIRE_RUNTIME") == "1"
+
+# squeue fields, in order; the separator is one no job name here contains.
+_SEP = "\x1f"
+_FIELDS = {
+    "id": "%i",
+    "name": "%j",
+    "state": "%T",
+    "reason": "%r",
+    "node": "%N",
+    "partition": "%P",
+    "user": "%u",
+    "start": "%S",
+    "time_limit": "%l",
+}
+# Slurm job states that are over (squeue lists them for MinJobAge seconds with -t all).
+FINISHED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "TIMEOUT",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    """What the running test cluster offers, read back from Slurm itself."""
+
+    node: str  # NodeName, as squeue %N and scontrol show it
+    node_addr: str  # NodeAddr from `scontrol show node`
+    partitions: tuple[str, ...]  # every partition, default first
+    default_partition: str  # "gpu"
+    shared_partition: str  # "gpu-shared": UP, a second choice
+    held_partition: str  # "held": always DOWN; jobs there stay PENDING (PartitionDown)
+    gpus: int  # gres gpu count on the node
+    cpus: int  # CPUs Slurm schedules (more than the machine has, on purpose)
+
+
+def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _need(what: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"{what} (run 'sudo scripts/slurm-cluster.sh start')")
+    pytest.skip(what)
+
+
+def _cluster_up() -> bool:
+    try:
+        ping = _run(["scontrol", "ping"], timeout=15)
+        if ping.returncode != 0 or "UP" not in ping.stdout:
+            return False
+        states = _run(["sinfo", "-h", "-o", "%T"], timeout=15).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(s.rstrip("*~#$@+").lower() in {"idle", "mixed", "allocated"} for s in states)
+
+
+def cluster_facts() -> SlurmCluster:
+    """Read node, partitions and GRES of the running cluster from sinfo/scontrol."""
+    out = _run(["sinfo", "-h", "-o", f"%R{_SEP}%N{_SEP}%G{_SEP}%c{_SEP}%a"]).stdout
+    rows = [line.split(_SEP) for line in out.splitlines() if line]
+    if not rows:
+        raise RuntimeError("sinfo lists no partitions")
+    # `scontrol show partition` marks the default one; sinfo only appends '*' with %P.
+    default = ""
+    for line in _run(["sinfo", "-h", "-o", "%P"]).stdout.split():
+        if line.endswith("*"):
+            default = line.rstrip("*")
+    names = [r[0] for r in rows]
+    partitions = tuple(sorted(names, key=lambda n: (n != default, names.index(n))))
+    node = rows[0][1]
+    gpus = 0
+    for gres in rows[0][2].split(","):
+        # "gpu:4" or "gpu:type:4", possibly with "(S:0)" socket info
+        parts = gres.split("(")[0].split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            gpus = int(parts[-1])
+    show = _run(["scontrol", "-o", "show", "node", node]).stdout
+    fields = dict(kv.split("=", 1) for kv in show.split() if "=" in kv)
+    return SlurmCluster(
+        node=node,
+        node_addr=fields.get("NodeAddr", node),
+        partitions=partitions,
+        default_partition=default,
+        shared_partition="gpu-shared",
+        held_partition="held",
+        gpus=gpus,
+        cpus=int(rows[0][3]),
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """The real Slurm test cluster, started if needed; left running after the session."""
+    if not shutil.which("sbatch"):
+        _need("Slurm is not installed (no sbatch on PATH)")
+    if os.geteuid() == 0:
+        proc = _run([str(SCRIPT), "start"], timeout=300)
+        if proc.returncode != 0:
+            pytest.fail(f"{SCRIPT} start failed:\n{proc.stdout}{proc.stderr}")
+    elif not _cluster_up():
+        _need("the Slurm test cluster is not running and only root can start it")
+    yield cluster_facts()
+
+
+def squeue_jobs(
+    name_prefix: str | None = None, all_states: bool = False, user: str | None = None
+) -> list[dict[str, str]]:
+    """Jobs the real squeue lists, as dicts with the keys of ``_FIELDS``.
+
+    Without ``all_states`` squeue's default applies: pending, running, completing... (finished
+    jobs disappear from it at once). With it, finished jobs show too for MinJobAge seconds.
+    """
+    argv = ["squeue", "-h", "-o", _SEP.join(_FIELDS.values())]
+    if all_states:
+        argv += ["-t", "all"]
+    if user:
+        argv += ["-u", user]
+    proc = _run(argv)
+    if proc.returncode != 0:
+        raise RuntimeError(f"squeue failed ({proc.returncode}): {proc.stderr.strip()}")
+    jobs = []
+    for line in proc.stdout.splitlines():
+        values = line.split(_SEP)
+        if len(values) != len(_FIELDS):
+            continue
+        job = dict(zip(_FIELDS, (v.strip() for v in values), strict=True))
+        if name_prefix is None or job["name"].startswith(name_prefix):
+            jobs.append(job)
+    return jobs
+
+
+def wait_job_state(
+    job_id: str | int, states: Iterable[str], timeout: float = 10.0
+) -> dict[str, str] | None:
+    """Poll squeue until job ``job_id`` is in one of ``states``; its row, or None on timeout.
+
+    "GONE" in ``states`` matches a job that squeue no longer lists as active.
+    """
+    wanted = {s.upper() for s in states}
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [j for j in squeue_jobs(all_states=True) if j["id"] == str(job_id)]
+        row = rows[0] if rows else None
+        if row and row["state"] in wanted:
+            return row
+        if "GONE" in wanted and (row is None or row["state"] in FINISHED_STATES):
+            return row or {"id": str(job_id), "state": "GONE"}
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+def cancel_jobs(name_prefix: str, timeout: float = 15.0) -> list[str]:
+    """scancel every active job whose name starts with ``name_prefix``; wait until gone.
+
+    For test teardown: returns the ids cancelled. (scancel --name takes one exact name, so
+    the ids are collected with squeue.)
+    """
+    ids = [j["id"] for j in squeue_jobs(name_prefix)]
+    if not ids:
+        return []
+    _run(["scancel", *ids])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(j["id"] in ids for j in squeue_jobs(name_prefix)):
+        time.sleep(0.1)
+    return ids
