@@ -1,0 +1,608 @@
+"""Image metadata (CUDA, cuDNN, TensorFlow versions) read without starting a kernel; cached.
+
+Order of evidence: the image's labels, then its environment (``CUDA_VERSION`` as nvidia/cuda
+images set it, kept by Apptainer in ``/.singularity.d/env/10-docker2singularity.sh``), both from
+one ``apptainer inspect --json --labels --environment``; then, for what is still unknown, files
+inside the image (``/usr/local/cuda/version.json`` or ``version.txt``, cuDNN headers, the
+``*.dist-info`` of pip's tensorflow and nvidia-* wheels) read by one short ``apptainer exec``.
+Results are cached by (real path, size, mtime) in memory and in a small JSON file, so the
+provisioner pays for this once per image, not once per kernel.
+
+The parsers are pure; :func:`image_facts` blocks (CLI, threads) and :func:`image_facts_async`
+is for the provisioner's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from .compat import ImageFacts, parse_version
+from .errors import ImageNotFound, ImageNotReadable, NotAContainerImage, RuntimeNotFound
+
+__all__ = [
+    "INSIDE_SCRIPT",
+    "ImageFacts",
+    "clear_cache",
+    "default_cache_file",
+    "facts_from_metadata",
+    "image_facts",
+    "image_facts_async",
+    "inside_argv",
+    "inspect_argv",
+    "parse_cuda_version_json",
+    "parse_cuda_version_txt",
+    "parse_cudnn_header",
+    "parse_dist_info_name",
+    "parse_env_script",
+    "parse_inside_output",
+    "parse_inspect_json",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds one ``inspect`` or ``exec`` may take before it is given up.
+DEFAULT_TIMEOUT = 60.0
+_CACHE_FORMAT = 1
+
+# Label names, compared case-insensitively, most common first. OCI labels of NVIDIA's and NGC's
+# images survive the conversion to SIF.
+_LABELS = {
+    "cuda": ("cuda_version", "com.nvidia.cuda.version", "org.nvidia.cuda.version", "cuda"),
+    "cudnn": ("cudnn_version", "com.nvidia.cudnn.version", "org.nvidia.cudnn.version", "cudnn"),
+    "tensorflow": (
+        "tensorflow_version",
+        "com.nvidia.tensorflow.version",
+        "org.tensorflow.version",
+        "tensorflow",
+    ),
+}
+_ENV = {
+    "cuda": ("CUDA_VERSION", "NV_CUDA_LIB_VERSION"),
+    "cudnn": ("CUDNN_VERSION", "NV_CUDNN_VERSION"),
+    "tensorflow": ("TENSORFLOW_VERSION",),
+}
+_FACTS = ("cuda", "cudnn", "tensorflow")
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parsers
+
+
+def _clean_version(value: object) -> str | None:
+    """``"12.4.1-1"`` -> ``"12.4.1"``; None for values without a version (``"yes"``, "")."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text or not any(ch.isdigit() for ch in text):
+        return None
+    try:
+        return ".".join(str(p) for p in parse_version(text))
+    except ValueError:
+        return None
+
+
+_ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+_DEFAULT = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*):?[-=](.*)\}$", re.S)
+
+
+def parse_env_script(text: str) -> dict[str, str]:
+    """Variables that an image's ``/.singularity.d/env/*.sh`` script exports.
+
+    Reads ``export A=1``, ``A=1`` and docker2singularity's ``export A="${A:-"1"}"`` (whose
+    default is the image's value). Lines that are not plain assignments are skipped; nothing
+    is executed.
+    """
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        if tokens and tokens[0] == "export":
+            tokens = tokens[1:]
+        for token in tokens:
+            m = _ASSIGN.match(token)
+            if not m:
+                break
+            value = m.group(2)
+            d = _DEFAULT.match(value)
+            found[m.group(1)] = d.group(2) if d else value
+    return found
+
+
+def parse_inspect_json(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, environment) from ``apptainer inspect --json --labels --environment``.
+
+    The environment merges the image's env scripts in the order Apptainer sources them (by
+    file name, later ones winning). Raises ValueError when ``text`` is not inspect's JSON.
+    """
+    try:
+        doc = json.loads(text)
+        attrs = doc.get("data", {}).get("attributes", {}) or {}
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"Not the JSON of 'apptainer inspect': {text.strip()[:200]!r}") from e
+    labels_raw: Any = attrs.get("labels") or {}
+    if isinstance(labels_raw, str):  # very old singularity nested the labels as a string
+        try:
+            labels_raw = json.loads(labels_raw)
+        except ValueError:
+            labels_raw = {}
+    labels = {str(k): str(v) for k, v in dict(labels_raw).items()} if labels_raw else {}
+    env_raw: Any = attrs.get("environment") or {}
+    env: dict[str, str] = {}
+    if isinstance(env_raw, str):
+        env.update(parse_env_script(env_raw))
+    elif isinstance(env_raw, Mapping):
+        for _, script in sorted(env_raw.items()):
+            env.update(parse_env_script(str(script)))
+    return labels, env
+
+
+def facts_from_metadata(
+    name: str, labels: Mapping[str, str], env: Mapping[str, str], path: str | None = None
+) -> ImageFacts:
+    """ImageFacts from labels (first) and environment (second); files are not looked at."""
+    by_lower = {k.lower(): k for k in labels}
+    facts = ImageFacts(name=name, path=path)
+    for fact in _FACTS:
+        for key in _LABELS[fact]:
+            original = by_lower.get(key)
+            value = _clean_version(labels[original]) if original is not None else None
+            if value:
+                setattr(facts, fact, value)
+                facts.sources[fact] = f"label {original}"
+                break
+        if getattr(facts, fact) is not None:
+            continue
+        for key in _ENV[fact]:
+            value = _clean_version(env.get(key))
+            if value:
+                setattr(facts, fact, value)
+                facts.sources[fact] = f"environment {key}"
+                break
+    return facts
+
+
+def parse_cuda_version_json(text: str) -> str | None:
+    """``/usr/local/cuda/version.json`` (CUDA 11.1+): ``{"cuda": {"version": "12.4.1"}}``."""
+    try:
+        doc = json.loads(text)
+        return _clean_version(doc["cuda"]["version"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def parse_cuda_version_txt(text: str) -> str | None:
+    """``/usr/local/cuda/version.txt`` (CUDA 11.0 and older): ``CUDA Version 9.2.148``."""
+    m = re.search(r"CUDA Version\s+(\d+(?:\.\d+)+)", text)
+    return m.group(1) if m else None
+
+
+def parse_cudnn_header(text: str) -> str | None:
+    """cuDNN's version from the ``#define CUDNN_MAJOR/MINOR/PATCHLEVEL`` lines of its header."""
+    parts = {}
+    for key in ("MAJOR", "MINOR", "PATCHLEVEL"):
+        m = re.search(rf"#\s*define\s+CUDNN_{key}\s+(\d+)", text)
+        if m:
+            parts[key] = m.group(1)
+    if "MAJOR" not in parts or "MINOR" not in parts:
+        return None
+    return ".".join(parts[k] for k in ("MAJOR", "MINOR", "PATCHLEVEL") if k in parts)
+
+
+# pip distribution names (normalized) whose version is the fact itself.
+_DISTS = {
+    "tensorflow": ("tensorflow", "tensorflow-gpu", "tensorflow-cpu", "tf-nightly"),
+    "cuda": ("nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime-cu11"),
+    "cudnn": ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11"),
+}
+
+
+def parse_dist_info_name(dirname: str) -> tuple[str, str] | None:
+    """``tensorflow_gpu-1.8.0.dist-info`` -> ``("tensorflow-gpu", "1.8.0")``; also egg-info."""
+    base = os.path.basename(dirname.rstrip("/"))
+    m = re.match(r"^([A-Za-z0-9_.]+?)-(\d[^-]*?)(?:-py\d.*)?\.(?:dist|egg)-info$", base)
+    if not m:
+        return None
+    return m.group(1).lower().replace("_", "-").replace(".", "-"), m.group(2)
+
+
+_MARK = "@@kernelprovider"
+
+#: POSIX sh run inside the image (``exec IMAGE /bin/sh -c INSIDE_SCRIPT``): prints the files
+#: that tell CUDA, cuDNN and TensorFlow versions, each after a marker line; only reads.
+INSIDE_SCRIPT = f"""\
+for f in /usr/local/cuda/version.json /usr/local/cuda/version.txt; do
+  if [ -r "$f" ]; then echo "{_MARK} file $f"; cat "$f"; echo; fi
+done
+for f in /usr/include/cudnn_version.h /usr/include/x86_64-linux-gnu/cudnn_version_v*.h \
+/usr/local/cuda/include/cudnn_version.h /usr/include/cudnn.h \
+/usr/include/x86_64-linux-gnu/cudnn_v*.h /usr/local/cuda/include/cudnn.h; do
+  if [ -r "$f" ]; then
+    echo "{_MARK} cudnn $f"
+    sed -n -e '/define CUDNN_MAJOR/p' -e '/define CUDNN_MINOR/p' \
+-e '/define CUDNN_PATCHLEVEL/p' "$f"
+  fi
+done
+for d in /usr/local/lib/python*/*-packages /usr/lib/python*/*-packages \
+/usr/local/lib64/python*/*-packages /opt/*/lib/python*/site-packages; do
+  [ -d "$d" ] || continue
+  for t in "$d"/tensorflow*-info "$d"/tf_nightly*-info "$d"/nvidia_cuda_runtime*-info \
+"$d"/nvidia_cudnn*-info; do
+    if [ -e "$t" ]; then echo "{_MARK} dist $t"; fi
+  done
+done
+echo "{_MARK} end"
+"""
+
+
+def parse_inside_output(text: str) -> dict[str, tuple[str, str]]:
+    """{fact: (version, where)} from :data:`INSIDE_SCRIPT`'s output; first evidence wins."""
+    found: dict[str, tuple[str, str]] = {}
+    sections: list[tuple[str, str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith(_MARK + " "):
+            kind, _, where = line[len(_MARK) + 1 :].partition(" ")
+            sections.append((kind, where.strip(), []))
+        elif sections:
+            sections[-1][2].append(line)
+    for kind, where, body in sections:
+        content = "\n".join(body)
+        if kind == "file" and "cuda" not in found:
+            value = (
+                parse_cuda_version_json(content)
+                if where.endswith(".json")
+                else parse_cuda_version_txt(content)
+            )
+            if value:
+                found["cuda"] = (value, where)
+        elif kind == "cudnn" and "cudnn" not in found:
+            value = parse_cudnn_header(content)
+            if value:
+                found["cudnn"] = (value, where)
+        elif kind == "dist":
+            parsed = parse_dist_info_name(where)
+            if parsed is None:
+                continue
+            dist, version = parsed
+            for fact, names in _DISTS.items():
+                if dist in names and fact not in found:
+                    value = _clean_version(version)
+                    if value:
+                        found[fact] = (value, f"pip package {dist}")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+
+def inspect_argv(runtime: str, path: str) -> list[str]:
+    """The one inspect call that gives labels and environment as JSON."""
+    return [runtime, "inspect", "--json", "--labels", "--environment", path]
+
+
+def inside_argv(runtime: str, path: str) -> list[str]:
+    """The exec that reads version files inside the image: no GPU, no home, no host env."""
+    return [runtime, "exec", "--cleanenv", "--contain", path, "/bin/sh", "-c", INSIDE_SCRIPT]
+
+
+def _resolve_runtime(runtime: str) -> str:
+    names = ("apptainer", "singularity") if runtime in ("", "auto") else (runtime,)
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeNotFound(
+        f"Container runtime {runtime!r} not found or not executable, so the image's CUDA "
+        "version cannot be read. Install Apptainer or set ContainerProvisioner.runtime to its "
+        "full path."
+    )
+
+
+def _inspect_failed(runtime: str, path: str, rc: int, stderr: str) -> NotAContainerImage:
+    last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "")
+    return NotAContainerImage(
+        f"{os.path.basename(runtime)} inspect could not read {path} (exit {rc}: {last[:300]}). "
+        f"Check that it is a SIF/squashfs image or a sandbox directory, e.g. with "
+        f"'{os.path.basename(runtime)} inspect {path}'."
+    )
+
+
+def _timed_out(what: str, path: str, timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"'{what}' did not answer within {timeout:g} s for {path}; its filesystem may be slow "
+        "or hung. Try again, or check the filesystem the image is on."
+    )
+
+
+def _needs_inside(facts: ImageFacts) -> bool:
+    return any(getattr(facts, f) is None for f in _FACTS)
+
+
+def _merge_inside(facts: ImageFacts, found: Mapping[str, tuple[str, str]]) -> None:
+    for fact, (value, where) in found.items():
+        if getattr(facts, fact) is None:
+            setattr(facts, fact, value)
+            facts.sources[fact] = where
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+
+_memory: dict[tuple[str, int, int, bool], ImageFacts] = {}
+
+
+def clear_cache() -> None:
+    """Forget the in-memory cache (tests; the disk cache is keyed by mtime and stays valid)."""
+    _memory.clear()
+
+
+def default_cache_file() -> Path:
+    """Where image facts are kept between processes: Jupyter's runtime directory when
+    jupyter_core is importable, else ``$XDG_CACHE_HOME/kernelprovider`` (``~/.cache``)."""
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        return Path(jupyter_runtime_dir()) / "kernelprovider-image-facts.json"
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "kernelprovider" / "image-facts.json"
+
+
+def _image_key(path: str) -> tuple[str, int, int]:
+    if "://" in path:
+        raise NotAContainerImage(
+            f"{path} is a URI; image metadata can only be read from a local image. Pull it first "
+            "('apptainer pull') and point the kernelspec at the SIF file."
+        )
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError as e:
+        raise ImageNotFound(
+            f"Image {path} not found. Check the path in the kernelspec or run "
+            "'jupyter kernelprovider list'."
+        ) from e
+    except PermissionError as e:
+        raise ImageNotReadable(
+            f"Image {path} cannot be read by this user ({e.strerror}). Ask the admin to make it "
+            "readable (chmod a+r) or copy it somewhere you can read."
+        ) from e
+    if not os.access(real, os.R_OK):
+        raise ImageNotReadable(
+            f"Image {path} cannot be read by this user. Ask the admin to make it readable "
+            "(chmod a+r) or copy it somewhere you can read."
+        )
+    return real, st.st_size, st.st_mtime_ns
+
+
+def _copy(facts: ImageFacts) -> ImageFacts:
+    return replace(facts, sources=dict(facts.sources))
+
+
+def _image_name(path: str) -> str:
+    return os.path.basename(path.rstrip("/")) or path
+
+
+def _named(facts: ImageFacts, path: str) -> ImageFacts:
+    # The cache is keyed by the real path; messages use the name the kernelspec gave.
+    return replace(facts, name=_image_name(path), path=path)
+
+
+def _disk_load(cache_file: Path, key: tuple[str, int, int], look_inside: bool) -> ImageFacts | None:
+    try:
+        doc = json.loads(cache_file.read_text("utf-8"))
+        entry = doc["images"][key[0]]
+        if doc.get("format") != _CACHE_FORMAT or [entry["size"], entry["mtime_ns"]] != [
+            key[1],
+            key[2],
+        ]:
+            return None
+        if look_inside and not entry.get("look_inside"):
+            return None
+        return ImageFacts(**entry["facts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _disk_store(
+    cache_file: Path, key: tuple[str, int, int], look_inside: bool, facts: ImageFacts
+) -> None:
+    # Best effort: a cache that cannot be written costs time, never a kernel.
+    try:
+        try:
+            doc = json.loads(cache_file.read_text("utf-8"))
+            if doc.get("format") != _CACHE_FORMAT or not isinstance(doc.get("images"), dict):
+                raise ValueError("other format")
+        except (OSError, ValueError):
+            doc = {"format": _CACHE_FORMAT, "images": {}}
+        doc["images"][key[0]] = {
+            "size": key[1],
+            "mtime_ns": key[2],
+            "look_inside": look_inside,
+            "facts": asdict(facts),
+        }
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".image-facts-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+        os.replace(tmp, cache_file)
+    except OSError as e:
+        log.debug("Could not write the image facts cache %s: %s", cache_file, e)
+
+
+def _cache_get(
+    key: tuple[str, int, int], look_inside: bool, cache_file: Path | None
+) -> ImageFacts | None:
+    for inside in (True, False) if not look_inside else (True,):
+        hit = _memory.get((*key, inside))
+        if hit is not None:
+            return _copy(hit)
+    if cache_file is not None:
+        hit = _disk_load(cache_file, key, look_inside)
+        if hit is not None:
+            _memory[(*key, look_inside)] = hit
+            return _copy(hit)
+    return None
+
+
+def _cache_put(
+    key: tuple[str, int, int], look_inside: bool, cache_file: Path | None, facts: ImageFacts
+) -> None:
+    _memory[(*key, look_inside)] = _copy(facts)
+    if cache_file is not None:
+        _disk_store(cache_file, key, look_inside, facts)
+
+
+def _cache_path(cache_file: str | os.PathLike[str] | None, use_disk_cache: bool) -> Path | None:
+    if not use_disk_cache:
+        return None
+    return Path(cache_file) if cache_file is not None else default_cache_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+def image_facts(
+    path: str,
+    runtime: str = "apptainer",
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    look_inside: bool = True,
+    use_disk_cache: bool = True,
+    cache_file: str | os.PathLike[str] | None = None,
+) -> ImageFacts:
+    """CUDA, cuDNN and TensorFlow versions of the image at ``path`` (blocking).
+
+    Called by ``jupyter kernelprovider scan/doctor`` and, in a thread, by anything that is
+    not async. ``runtime`` is a command name, an absolute path or "auto". ``look_inside``
+    allows one ``exec`` for facts the labels and environment lack. Raises ImageNotFound,
+    ImageNotReadable, NotAContainerImage, RuntimeNotFound or TimeoutError.
+    """
+    key = _image_key(path)
+    disk = _cache_path(cache_file, use_disk_cache)
+    cached = _cache_get(key, look_inside, disk)
+    if cached is not None:
+        return _named(cached, path)
+    exe = _resolve_runtime(runtime)
+    try:
+        rc, out, err = _run_sync(inspect_argv(exe, key[0]), timeout)
+    except subprocess.TimeoutExpired as e:
+        raise _timed_out(f"{os.path.basename(exe)} inspect", path, timeout) from e
+    if rc != 0:
+        raise _inspect_failed(exe, path, rc, err)
+    facts = _facts_from_inspect(exe, path, out, err)
+    if look_inside and _needs_inside(facts):
+        try:
+            _, inner, _ = _run_sync(inside_argv(exe, key[0]), timeout)
+            _merge_inside(facts, parse_inside_output(inner))
+        except (OSError, subprocess.SubprocessError) as e:
+            log.debug("Could not read version files inside %s: %s", path, e)
+    _cache_put(key, look_inside, disk, facts)
+    return facts
+
+
+def _kill_group(pid: int) -> None:
+    # The runtime runs in a session of its own (start_new_session), so its helpers
+    # (starter, squashfuse) go with it and cannot hold our pipes open past the timeout.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run_sync(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
+async def _run_async(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        _kill_group(proc.pid)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def image_facts_async(
+    path: str,
+    runtime: str = "apptainer",
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    look_inside: bool = True,
+    use_disk_cache: bool = True,
+    cache_file: str | os.PathLike[str] | None = None,
+) -> ImageFacts:
+    """Like :func:`image_facts`, for the provisioner's ``pre_launch``: subprocesses through
+    ``asyncio.create_subprocess_exec``, file-system work in a thread; never blocks the loop.
+    """
+    key = await asyncio.to_thread(_image_key, path)
+    disk = _cache_path(cache_file, use_disk_cache)
+    cached = await asyncio.to_thread(_cache_get, key, look_inside, disk)
+    if cached is not None:
+        return _named(cached, path)
+    exe = _resolve_runtime(runtime)
+    try:
+        rc, out, err = await _run_async(inspect_argv(exe, key[0]), timeout)
+    except asyncio.TimeoutError as e:
+        raise _timed_out(f"{os.path.basename(exe)} inspect", path, timeout) from e
+    if rc != 0:
+        raise _inspect_failed(exe, path, rc, err)
+    facts = _facts_from_inspect(exe, path, out, err)
+    if look_inside and _needs_inside(facts):
+        try:
+            _, inner, _ = await _run_async(inside_argv(exe, key[0]), timeout)
+            _merge_inside(facts, parse_inside_output(inner))
+        except (OSError, asyncio.TimeoutError) as e:
+            log.debug("Could not read version files inside %s: %s", path, e)
+    await asyncio.to_thread(_cache_put, key, look_inside, disk, facts)
+    return facts
+
+
+def _facts_from_inspect(exe: str, path: str, stdout: str, stderr: str) -> ImageFacts:
+    try:
+        labels, env = parse_inspect_json(stdout)
+    except ValueError as e:
+        raise _inspect_failed(exe, path, 0, stderr or str(e)) from e
+    return facts_from_metadata(_image_name(path), labels, env, path=path)
