@@ -10,13 +10,14 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
-from traitlets import Bool, CaselessStrEnum, Dict, Instance, List, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Instance, Int, List, Unicode, default
 
 from . import __version__
 from .apptainer import check_image, parse_bind
 from .errors import KernelProviderError
 from .kernelspec import (
     PROVISIONER_NAME,
+    SLURM_PROVISIONER_NAME,
     build_kernelspec,
     container_kernelspecs,
     install_kernelspec,
@@ -72,6 +73,19 @@ _install_aliases = {
     "python": "InstallApp.python",
     "interrupt-mode": "InstallApp.interrupt_mode",
     "prefix": "InstallApp.prefix",
+    "partition": "InstallApp.partition",
+    "gpus": "InstallApp.gpus",
+    "gpu-option": "InstallApp.gpu_option",
+    "time": "InstallApp.time_limit",
+    "account": "InstallApp.account",
+    "qos": "InstallApp.qos",
+    "constraint": "InstallApp.constraint",
+    "cpus-per-task": "InstallApp.cpus_per_task",
+    "mem": "InstallApp.mem",
+    "sbatch-arg": "InstallApp.sbatch_args",
+    "srun-arg": "InstallApp.srun_args",
+    "state-dir": "InstallApp.state_dir",
+    "queue-timeout": "InstallApp.queue_timeout",
 }
 _install_flags = {
     **base_flags,
@@ -83,6 +97,11 @@ _install_flags = {
     "cleanenv": ({"InstallApp": {"cleanenv": True}}, "Start the container with --cleanenv."),
     "contain": ({"InstallApp": {"contain": True}}, "Start the container with --contain."),
     "no-gpu": ({"InstallApp": {"gpu": "none"}}, "No GPU passthrough (same as --gpu=none)."),
+    "slurm": (
+        {"InstallApp": {"slurm": True}},
+        "Run the kernel on a node that Slurm allocates (slurm-apptainer-provisioner).",
+    ),
+    "local": ({"InstallApp": {"slurm": False}}, "Run the kernel on this host (the default)."),
 }
 
 
@@ -120,7 +139,28 @@ class InstallApp(_KernelSpecApp):
     contain = Bool(False, help="Pass --contain.").tag(config=True)
     python = Unicode("python3", help="The python inside the image.").tag(config=True)
     interrupt_mode = CaselessStrEnum(
-        ["signal", "message"], default_value="signal", help="How interrupts reach the kernel."
+        ["signal", "message"],
+        default_value=None,
+        allow_none=True,
+        help="How interrupts reach the kernel (default: signal locally, message with Slurm).",
+    ).tag(config=True)
+    slurm = Bool(False, help="Use the Slurm provisioner (kernel on an allocated node).").tag(
+        config=True
+    )
+    partition = Unicode("", help="Slurm partition.").tag(config=True)
+    gpus = Unicode("", help="GPUs per kernel, e.g. 1 or a100:2 (Slurm mode).").tag(config=True)
+    gpu_option = Unicode("", help="'gres' (--gres=gpu:N) or 'gpus' (--gpus=N).").tag(config=True)
+    time_limit = Unicode("", help="Allocation time limit, e.g. 8:00:00.").tag(config=True)
+    account = Unicode("", help="Slurm account.").tag(config=True)
+    qos = Unicode("", help="Slurm QOS.").tag(config=True)
+    constraint = Unicode("", help="Slurm node features (--constraint).").tag(config=True)
+    cpus_per_task = Int(0, help="CPUs for the allocation.").tag(config=True)
+    mem = Unicode("", help="Memory for the allocation, e.g. 32G.").tag(config=True)
+    sbatch_args = List(Unicode(), help="Extra sbatch arguments (repeatable).").tag(config=True)
+    srun_args = List(Unicode(), help="Extra srun arguments (repeatable).").tag(config=True)
+    state_dir = Unicode("", help="Shared per-user state directory (Slurm mode).").tag(config=True)
+    queue_timeout = Float(
+        None, allow_none=True, help="Seconds to wait in the queue (0 = forever)."
     ).tag(config=True)
     user = Bool(False, help="Install for this user only.").tag(config=True)
     prefix = Unicode("", help="Install under PREFIX/share/jupyter/kernels.").tag(config=True)
@@ -133,7 +173,25 @@ class InstallApp(_KernelSpecApp):
             else (self.image)
         )
         name = self.kernel_name or name_from_image(image)
+        slurm_values: dict[str, Any] = {}
+        if self.slurm:
+            slurm_values = {
+                "partition": self.partition or None,
+                "gpus": self.gpus or None,
+                "gpu_option": self.gpu_option or None,
+                "time_limit": self.time_limit or None,
+                "account": self.account or None,
+                "qos": self.qos or None,
+                "constraint": self.constraint or None,
+                "cpus_per_task": self.cpus_per_task or None,
+                "mem": self.mem or None,
+                "sbatch_args": list(self.sbatch_args),
+                "srun_args": list(self.srun_args),
+                "state_dir": self.state_dir or None,
+                "queue_timeout": self.queue_timeout,
+            }
         config = provisioner_config(
+            **slurm_values,
             image=image,
             gpu=self.gpu,
             runtime=self.runtime or None,
@@ -146,9 +204,9 @@ class InstallApp(_KernelSpecApp):
         spec = build_kernelspec(
             self.display_name or name,
             config,
-            provisioner=PROVISIONER_NAME,
+            provisioner=SLURM_PROVISIONER_NAME if self.slurm else PROVISIONER_NAME,
             python=self.python,
-            interrupt_mode=self.interrupt_mode,
+            interrupt_mode=self.interrupt_mode or ("message" if self.slurm else "signal"),
         )
         return name, spec
 

@@ -17,6 +17,8 @@ from kernelprovider.kernelspec import (
     provisioner_config,
 )
 
+pytest_plugins = ["slurm_cluster"]
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = Path(os.environ.get("KP_TEST_IMAGES", ROOT / "build" / "images"))
 
