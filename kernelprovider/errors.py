@@ -8,6 +8,8 @@ observed and the next step.
 
 from __future__ import annotations
 
+from tornado.web import HTTPError
+
 __all__ = [
     "KernelProviderError",
     "ImageNotFound",
@@ -28,8 +30,21 @@ __all__ = [
 ]
 
 
-class KernelProviderError(Exception):
-    """Base class of every error kernelprovider raises on purpose."""
+class KernelProviderError(HTTPError):
+    """Base class of every error kernelprovider raises on purpose.
+
+    It is also a tornado ``HTTPError`` because jupyter_server answers any other exception
+    from a kernel start with "Unhandled error"; as an HTTPError the user's JupyterLab shows
+    this message (the next step included) instead.
+    """
+
+    def __init__(self, message: str, status_code: int = 500) -> None:
+        super().__init__(status_code, message, reason="Kernel start failed")
+        self.message = message
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ImageNotFound(KernelProviderError, FileNotFoundError):

@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test` (as root on a fresh Debian 12/13).
+PYTHON ?= python3
+VENV := build/venv
+PY := $(VENV)/bin/python
+export KP_REQUIRE_RUNTIME := 1
+
+.PHONY: demo test unit lint testenv slurm venv bench clean
+
+$(PY): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV) || (apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(PY)
+
+venv: $(PY)
+
+testenv:
+	bash scripts/setup-testenv.sh
+
+slurm:
+	bash scripts/slurm-cluster.sh start
+
+demo: venv testenv
+	$(PY) scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check kernelprovider tests bench scripts
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+test: venv testenv slurm lint
+	$(PY) -m pytest -q -rs
+
+bench: venv testenv slurm
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build/venv
