@@ -73,6 +73,9 @@ _install_aliases = {
     "python": "InstallApp.python",
     "interrupt-mode": "InstallApp.interrupt_mode",
     "prefix": "InstallApp.prefix",
+    "compat-check": "InstallApp.compat_check",
+    "driver-dir": "InstallApp.driver_dir",
+    "cuda-dir": "InstallApp.cuda_dir",
     "partition": "InstallApp.partition",
     "gpus": "InstallApp.gpus",
     "gpu-option": "InstallApp.gpu_option",
@@ -135,6 +138,16 @@ class InstallApp(_KernelSpecApp):
         value_trait=Unicode(), help="Variables inside the container, --env KEY=VALUE."
     ).tag(config=True)
     extra_args = List(Unicode(), help="Extra arguments for 'exec' (repeatable).").tag(config=True)
+    compat_check = CaselessStrEnum(
+        ["enforce", "warn", "off"],
+        default_value=None,
+        allow_none=True,
+        help="CUDA/driver check before start (default enforce).",
+    ).tag(config=True)
+    driver_dir = Unicode(
+        "", help="Driver directory template, e.g. /software/nvidia/{driver_version}."
+    ).tag(config=True)
+    cuda_dir = Unicode("", help="Host CUDA toolkit bound at /usr/local/cuda.").tag(config=True)
     cleanenv = Bool(False, help="Pass --cleanenv.").tag(config=True)
     contain = Bool(False, help="Pass --contain.").tag(config=True)
     python = Unicode("python3", help="The python inside the image.").tag(config=True)
@@ -198,6 +211,9 @@ class InstallApp(_KernelSpecApp):
             binds=list(self.binds),
             container_env=dict(self.container_env),
             extra_args=list(self.extra_args),
+            compat_check=self.compat_check,
+            driver_dir=self.driver_dir or None,
+            cuda_dir=self.cuda_dir or None,
             cleanenv=self.cleanenv or None,
             contain=self.contain or None,
         )

@@ -83,6 +83,9 @@ class ImageFacts:
     tensorflow: str | None = None
     path: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    #: LD_LIBRARY_PATH the image's environment sets (None: not set), so the provisioner can
+    #: put the host driver's libraries in front of any libcuda the image ships.
+    ld_library_path: str | None = None
 
 
 @dataclass

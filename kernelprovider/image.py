@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds one ``inspect`` or ``exec`` may take before it is given up.
 DEFAULT_TIMEOUT = 60.0
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 # Label names, compared case-insensitively, most common first. OCI labels of NVIDIA's and NGC's
 # images survive the conversion to SIF.
@@ -156,7 +156,7 @@ def facts_from_metadata(
 ) -> ImageFacts:
     """ImageFacts from labels (first) and environment (second); files are not looked at."""
     by_lower = {k.lower(): k for k in labels}
-    facts = ImageFacts(name=name, path=path)
+    facts = ImageFacts(name=name, path=path, ld_library_path=env.get("LD_LIBRARY_PATH"))
     for fact in _FACTS:
         for key in _LABELS[fact]:
             original = by_lower.get(key)

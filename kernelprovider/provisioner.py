@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from typing import IO, Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -25,9 +26,32 @@ from .apptainer import (
     is_image_uri,
     parse_bind,
 )
-from .errors import KernelStartError, KernelStartTimeout
+from .compat import HostFacts, ImageFacts, Verdict, evaluate, evaluate_policy
+from .errors import (
+    DriverDirNotFound,
+    DriverIncompatible,
+    KernelProviderError,
+    KernelStartError,
+    KernelStartTimeout,
+)
+from .gpu import driver_dir_for, host_facts, visible_gpus
+from .image import image_facts_async
 
-__all__ = ["ContainerProvisioner", "LogTail", "explain_exit"]
+__all__ = ["ContainerProvisioner", "LogTail", "explain_exit", "local_host_facts"]
+
+#: Where apptainer --nv puts the host driver's libraries inside the container.
+NV_LIBS = "/.singularity.d/libs"
+_HOST_FACTS_TTL = 60.0
+_host_cache: tuple[float, HostFacts] | None = None
+
+
+async def local_host_facts() -> HostFacts:
+    """This host's driver and GPUs, probed in a thread and kept for a minute."""
+    global _host_cache
+    now = time.monotonic()
+    if _host_cache is None or now - _host_cache[0] > _HOST_FACTS_TTL:
+        _host_cache = (now, await asyncio.to_thread(host_facts))
+    return _host_cache[1]
 
 
 class LogTail:
@@ -136,6 +160,35 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         "the image's own.",
     ).tag(config=True)
 
+    compat_check = CaselessStrEnum(
+        ["enforce", "warn", "off"],
+        default_value="enforce",
+        help="Check the image's CUDA/TensorFlow against the node's driver and GPUs before "
+        "start: 'enforce' stops a launch that cannot work, 'warn' only logs, 'off' skips.",
+    ).tag(config=True)
+
+    driver_dir = Unicode(
+        "",
+        help="Driver directory mode: a template such as '/software/nvidia/{driver_version}' "
+        "(also {driver_major}) naming host directories of NVIDIA driver libraries (lib/ and "
+        "bin/, or libraries directly); the one for the detected driver is bound at "
+        "driver_lib_path/driver_bin_path and put first on LD_LIBRARY_PATH and PATH.",
+    ).tag(config=True)
+
+    driver_lib_path = Unicode(
+        "/nvlib", help="Container path of the driver libraries in driver directory mode."
+    ).tag(config=True)
+
+    driver_bin_path = Unicode(
+        "/nvbin", help="Container path of the driver programs in driver directory mode."
+    ).tag(config=True)
+
+    cuda_dir = Unicode(
+        "",
+        help="A host CUDA toolkit (for example /software/cuda/9.2) bound read-only at "
+        "/usr/local/cuda, for images built without one.",
+    ).tag(config=True)
+
     ready_timeout = Float(
         120.0,
         help="Seconds the kernel may take to open its ports after the container starts; past "
@@ -176,8 +229,17 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
                 )
         return proposal["value"]
 
+    @validate("driver_dir", "cuda_dir", "driver_lib_path", "driver_bin_path")
+    def _validate_abs_path(self, proposal: dict[str, Any]) -> str:
+        value = proposal["value"]
+        if value and not value.startswith("/"):
+            raise TraitError(f"{proposal['trait'].name} must be an absolute path, not {value!r}.")
+        return value
+
     # --- state kept between hooks -------------------------------------------------------
     runtime_info: RuntimeInfo | None = None
+    image_facts: ImageFacts | None = None
+    verdicts: list[Verdict] = []
     _tail: LogTail | None = None
 
     @property
@@ -225,6 +287,119 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             return [spec_argv[0], *cmd[1:]]
         return list(cmd)
 
+    async def node_facts(self) -> HostFacts:
+        """Driver and GPUs of the node the kernel will run on (here: this host).
+
+        Called from :meth:`gpu_setup` during pre_launch; the Slurm provisioner overrides it
+        with a probe step on the allocated node.
+        """
+        return await local_host_facts()
+
+    async def check_compatibility(self, host: HostFacts) -> list[Verdict]:
+        """Judge the image's CUDA/TF against ``host``; raise DriverIncompatible on a blocking fail.
+
+        Called from :meth:`gpu_setup`. Every verdict is logged (warn/fail at WARNING) so the
+        server log says why a kernel may be slow or CPU-only even when it starts.
+        """
+        if self.compat_check == "off" or self.gpu == "none" or is_image_uri(self.image):
+            return []
+        assert self.runtime_info is not None
+        try:
+            facts = await image_facts_async(self.image, runtime=self.runtime_info.path)
+        except (KernelProviderError, TimeoutError) as e:
+            self.log.warning(
+                "Kernel %s: cannot read the image's CUDA version: %s", self.kernel_id, e
+            )
+            return []
+        self.image_facts = facts
+        verdicts = evaluate(facts, host)
+        for v in verdicts:
+            level = {"ok": 10, "warn": 30, "fail": 30}[v.level]
+            self.log.log(
+                level, "Kernel %s: compatibility %s: %s", self.kernel_id, v.level, v.reason
+            )
+        blocking = evaluate_policy(verdicts, self.compat_check)
+        if blocking:
+            raise DriverIncompatible(
+                " ".join(v.reason for v in blocking)
+                + " (To start anyway, set compat_check to 'warn' for this kernel.)"
+            )
+        return verdicts
+
+    def driver_setup(self, host: HostFacts) -> tuple[list[Bind], dict[str, str]]:
+        """Binds and container variables for driver directory mode and a host CUDA dir.
+
+        The driver's libraries go first on LD_LIBRARY_PATH: any libcuda the image ships
+        (a stub, or an old driver baked in) must lose against the host's.
+        """
+        binds: list[Bind] = []
+        variables: dict[str, str] = {}
+        image_ld = getattr(self, "image_facts", None)
+        image_ld_path = image_ld.ld_library_path if image_ld else None
+        first_lib = NV_LIBS if self.gpu in ("nv", "nvccli") else ""
+        if self.driver_dir:
+            if not host.driver:
+                raise DriverDirNotFound(
+                    f"driver_dir is set but node {host.node} has no NVIDIA driver loaded. Run "
+                    "the kernel on a GPU node or unset driver_dir."
+                )
+            path = driver_dir_for(self.driver_dir, host.driver)
+            if not os.path.isdir(path):
+                raise DriverDirNotFound(
+                    f"No driver directory {path} for NVIDIA driver {host.driver} on node "
+                    f"{host.node} (driver_dir={self.driver_dir}). Ask your admins to create it "
+                    "from the driver's libraries, or unset driver_dir to use --nv."
+                )
+            lib = os.path.join(path, "lib")
+            lib = lib if os.path.isdir(lib) else path
+            binds.append(Bind(lib, self.driver_lib_path, "ro"))
+            bin_dir = os.path.join(path, "bin")
+            if os.path.isdir(bin_dir):
+                binds.append(Bind(bin_dir, self.driver_bin_path, "ro"))
+                variables["PREPEND_PATH"] = self.driver_bin_path
+            first_lib = self.driver_lib_path
+        if self.cuda_dir:
+            check_bind_sources([Bind(self.cuda_dir, "/usr/local/cuda")])
+            binds.append(Bind(self.cuda_dir, "/usr/local/cuda", "ro"))
+        if first_lib and (self.driver_dir or image_ld_path):
+            rest = [p for p in (image_ld_path or "").split(":") if p and p != first_lib]
+            variables["LD_LIBRARY_PATH"] = ":".join([first_lib, *rest])
+        return binds, variables
+
+    def gpu_selection(self, env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(runtime variables, container variables) that keep the GPU choice of the job.
+
+        --cleanenv drops CUDA_VISIBLE_DEVICES, so it is passed in explicitly; --nvccli picks
+        devices from NVIDIA_VISIBLE_DEVICES, which --contain would otherwise leave empty.
+        """
+        runtime_vars: dict[str, str] = {}
+        container_vars: dict[str, str] = {}
+        if self.gpu == "none":
+            return runtime_vars, container_vars
+        if self.cleanenv and env.get("CUDA_VISIBLE_DEVICES") is not None:
+            container_vars["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]
+        if self.gpu == "nvccli":
+            runtime_vars["NVIDIA_VISIBLE_DEVICES"] = visible_gpus(env) or "all"
+        return runtime_vars, container_vars
+
+    async def gpu_setup(
+        self, env: dict[str, str]
+    ) -> tuple[list[Bind], dict[str, str], dict[str, str]]:
+        """Everything GPU for one launch: (binds, runtime variables, container variables).
+
+        Called by pre_launch after the image and runtime checks: node facts, verdicts
+        (which may stop the launch), driver/CUDA directories, GPU selection.
+        """
+        if self.gpu == "none" and not self.cuda_dir:
+            return [], {}, {}
+        needs_host = (self.compat_check != "off" and self.gpu != "none") or bool(self.driver_dir)
+        host = await self.node_facts() if needs_host else HostFacts(node="")
+        self.verdicts = await self.check_compatibility(host)
+        binds, container_vars = self.driver_setup(host)
+        runtime_vars, selection_vars = self.gpu_selection(env)
+        container_vars.update(selection_vars)
+        return binds, runtime_vars, container_vars
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernelspec's argv in ``apptainer exec``; called by KernelManager before launch.
 
@@ -244,6 +419,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             self.runtime_info = await find_runtime_async(self.runtime)
             binds = [*self.connection_binds(cwd), *self.user_binds()]
             check_bind_sources(binds)
+            gpu_binds, runtime_vars, gpu_vars = await self.gpu_setup(kwargs["env"])
+            binds += gpu_binds
             argv = build_exec_argv(
                 self.runtime_info.path,
                 self.image,
@@ -260,7 +437,10 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise
         kwargs["cmd"] = argv
         kwargs["cwd"] = cwd
-        kwargs["env"].update(container_env(self.runtime_info.flavor, self.container_variables()))
+        kwargs["env"].update(runtime_vars)
+        kwargs["env"].update(
+            container_env(self.runtime_info.flavor, {**gpu_vars, **self.container_variables()})
+        )
         kwargs["stderr"] = subprocess.PIPE
         self.log.info(
             "Starting kernel %s in %s with %s (gpu=%s)",

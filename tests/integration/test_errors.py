@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import tornado
 from jupyter_client import AsyncKernelManager
 from traitlets import TraitError
 
@@ -57,6 +58,7 @@ def test_unreadable_image_for_another_user(images) -> None:
     if os.geteuid() != 0 or not os.path.exists(python):
         pytest.skip("needs root (to switch to nobody) and the system python3")
     root = Path(__file__).resolve().parents[2]
+    site_packages = Path(tornado.__file__).parent.parent  # errors.py imports tornado
     shared = Path(tempfile.mkdtemp(prefix="kp-unreadable-"))
     try:
         shared.chmod(0o755)
@@ -73,7 +75,7 @@ def test_unreadable_image_for_another_user(images) -> None:
             user=65534,
             group=65534,
             cwd="/",
-            env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+            env={"PYTHONPATH": f"{root}:{site_packages}", "PATH": "/usr/bin:/bin"},
             check=False,
         )
     finally:
