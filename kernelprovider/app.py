@@ -376,6 +376,15 @@ class KernelProviderApp(JupyterApp):
         "list": (ListApp, ListApp.description),
         "show": (ShowApp, ShowApp.description),
         "remove": (RemoveApp, RemoveApp.description),
+        # Imported on use: each owns a module of its own.
+        "scan": (
+            "kernelprovider.scan.ScanApp",
+            "Install or update one kernelspec per image found in directories.",
+        ),
+        "doctor": (
+            "kernelprovider.doctor.DoctorApp",
+            "Show the driver, GPUs, image CUDA/TF and the verdicts for a kernel or image.",
+        ),
     }
 
     def start(self) -> None:
