@@ -4,7 +4,7 @@ VENV := build/venv
 PY := $(VENV)/bin/python
 export KP_REQUIRE_RUNTIME := 1
 
-.PHONY: demo test unit lint testenv slurm venv bench clean
+.PHONY: demo test unit lint testenv slurm venv bench clean docs
 
 $(PY): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV) || (apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
@@ -37,3 +37,6 @@ bench: venv testenv slurm
 
 clean:
 	rm -rf build/venv
+
+docs: venv
+	$(PY) scripts/config-reference.py
