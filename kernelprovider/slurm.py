@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import json
 import os
+import pwd
 import re
 import shlex
 import signal
@@ -13,6 +14,7 @@ import socket
 import stat
 import subprocess
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +51,7 @@ from .errors import (
     SlurmSubmitError,
     StateDirError,
 )
-from .provisioner import ContainerProvisioner
+from .provisioner import ContainerProvisioner, explain_exit
 
 __all__ = [
     "SlurmProvisioner",
@@ -57,11 +59,13 @@ __all__ = [
     "SlurmQueue",
     "LeaseKeeper",
     "parse_squeue",
+    "parse_squeue_steps",
     "parse_node_addr",
     "build_sbatch_argv",
     "build_srun_argv",
     "batch_script",
     "slurm_env",
+    "rejection_message",
     "ensure_state_dir",
     "tail_file",
 ]
@@ -101,7 +105,7 @@ _SQUEUE_FORMAT = "%i|%T|%r|%N|%S|%j|%u"
 # JUPYTERHUB_API_TOKEN) stay behind.
 _ENV_KEEP = re.compile(
     r"^(PATH|HOME|USER|LOGNAME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|TERM|SHELL|"
-    r"(APPTAINER|SINGULARITY)[A-Z_]*|CUDA_VISIBLE_DEVICES|NVIDIA_[A-Z_]+)$"
+    r"(APPTAINER|SINGULARITY)[A-Z_]*|CUDA_VISIBLE_DEVICES|NVIDIA_[A-Z_]+|SLURM_CONF)$"
 )
 _ENV_SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|_KEY$|^KEY", re.IGNORECASE)
 
@@ -137,6 +141,21 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
     return jobs
 
 
+def parse_squeue_steps(text: str) -> dict[str, dict[str, str]]:
+    """Parse ``squeue -h -s -o '%i|%j'``: job id -> {step id: step name}.
+
+    Step ids are ``J.S`` (``J.batch`` for the holder script); array and het-job suffixes
+    stay part of the job id.
+    """
+    steps: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        step, sep, name = line.strip().partition("|")
+        job_id, dot, _ = step.rpartition(".")
+        if sep and dot:
+            steps.setdefault(job_id, {})[step] = name
+    return steps
+
+
 def parse_node_addr(text: str) -> str | None:
     """NodeAddr from ``scontrol show node -o NODE``."""
     m = re.search(r"\bNodeAddr=(\S+)", text)
@@ -163,9 +182,14 @@ def build_sbatch_argv(
 
     ``--export=NONE``: the holder script needs nothing from the server's environment, and
     the server's environment may hold tokens that have no business in a job record.
+    An ``output`` other than /dev/null is opened in append mode.
     """
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", "--export=NONE", "--nodes=1"]
     argv.append(f"--output={output}")
+    if output != "/dev/null":
+        # The kernel step appends to the same log; Slurm's own last words (time limit,
+        # cancellation) land after the kernel's instead of truncating them.
+        argv.append("--open-mode=append")
     if chdir:
         argv.append(f"--chdir={chdir}")
     if partition:
@@ -238,6 +262,58 @@ def slurm_env(env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str
     kept = {k: v for k, v in env.items() if _ENV_KEEP.match(k) and not _ENV_SECRET.search(k)}
     kept.update({k: v for k, v in extra.items() if not _ENV_SECRET.search(k.split("ENV_", 1)[-1])})
     return kept
+
+
+def rejection_message(
+    slurm_says: str, settings: Mapping[str, Any], partitions: Sequence[str] = ()
+) -> str:
+    """One sentence for a job sbatch refused: Slurm's own words, the settings involved, a next step.
+
+    ``slurm_says`` is sbatch's stderr; ``settings`` the kernel's Slurm values by option name
+    (empty ones are left out); ``partitions`` the partitions sinfo lists, named when the
+    partition was the problem.
+    """
+    lines = [
+        line.strip().removeprefix("sbatch: error: ").strip()
+        for line in slurm_says.splitlines()
+        if line.strip()
+    ]
+    final = [line for line in lines if line.startswith("Batch job submission failed")]
+    quote = final[-1] if final else " ".join(lines) or "(sbatch said nothing)"
+    # Lines before the final one sometimes say more ("Memory specification can not be
+    # satisfied"); the one that only repeats the partition name adds nothing.
+    also = [
+        line
+        for line in lines
+        if line not in final and final and not line.startswith("invalid partition specified")
+    ]
+    low = quote.lower()
+    if "partition" in low:
+        keys = ["partition"]
+    elif "time limit" in low:
+        keys = ["time_limit", "partition"]
+    elif "account" in low or "association" in low:
+        keys = ["account", "partition"]
+    elif "qos" in low:
+        keys = ["qos", "partition"]
+    elif "node configuration" in low or "gres" in low or "generic resource" in low:
+        keys = ["gpus", "partition", "constraint", "mem", "cpus_per_task"]
+    else:
+        keys = list(settings)
+    where = ", ".join(f"{k}={settings[k]}" for k in keys if settings.get(k))
+    msg = f'Slurm rejected the job: "{quote}"' + (f" ({where})." if where else ".")
+    if also:
+        msg += f" Slurm also said: {'; '.join(also)}."
+    if "partition" in low and partitions:
+        msg += f" Partitions here: {', '.join(partitions)}."
+    elif "controller" in low:
+        msg += " The Slurm controller is not answering; try again or tell your admins."
+    else:
+        msg += (
+            " Check the kernel's Slurm settings (partition, gpus, time_limit, account, qos) "
+            "against 'sinfo' and your site's limits."
+        )
+    return msg
 
 
 def ensure_state_dir(path: str) -> str:
@@ -314,81 +390,126 @@ async def run(
 class SlurmQueue:
     """One batched ``squeue`` per interval for every kernel of this process.
 
-    Provisioners ask :meth:`jobs`; whoever asks first after the interval runs the single
-    squeue for all registered jobs, the others share its answer. A controller error is
-    "unknown" (``None``), never "gone".
+    Provisioners ask :meth:`job` (job rows: state, reason, node) or :meth:`steps` (the steps
+    of each job, for kernels re-attached from a record); whoever asks first after the
+    interval runs the single squeue for all registered jobs, the others share its answer.
+    An answer that predates a job's registration is not used for that job. A controller
+    error is "unknown" (``None``), never "gone". :attr:`calls` counts squeue invocations.
     """
 
-    _instances: dict[int, SlurmQueue] = {}
+    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SlurmQueue] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.calls = 0
         self._ids: dict[str, int] = {}
-        self._last: dict[str, JobInfo] | None = None
-        self._stamp = 0.0
-        self._lock = asyncio.Lock()
+        self._jobs = _Snapshot()
+        self._steps = _Snapshot()
+        self._lock: asyncio.Lock | None = None
 
     @classmethod
     def instance(cls, interval: float = 5.0) -> SlurmQueue:
         """The queue of the running event loop (created on first use)."""
-        key = id(asyncio.get_running_loop())
-        if key not in cls._instances:
-            cls._instances[key] = cls(interval)
-        return cls._instances[key]
+        loop = asyncio.get_running_loop()
+        queue = cls._instances.get(loop)
+        if queue is None:
+            queue = cls._instances[loop] = cls(interval)
+        return queue
 
     def register(self, job_id: str) -> None:
+        """Include ``job_id`` in every squeue from now on; called when a job is ours."""
         self._ids[job_id] = self._ids.get(job_id, 0) + 1
 
     def unregister(self, job_id: str) -> None:
+        """Stop asking about ``job_id`` (once per :meth:`register`)."""
         if self._ids.get(job_id, 0) <= 1:
             self._ids.pop(job_id, None)
         else:
             self._ids[job_id] -= 1
 
     async def jobs(
-        self, fresh: bool = False, max_age: float | None = None
+        self, fresh: bool = False, max_age: float | None = None, need: str | None = None
     ) -> dict[str, JobInfo] | None:
         """Registered jobs still known to Slurm (absent = gone); None when Slurm is unreachable.
 
         ``max_age`` shortens the interval for callers that wait on a state change (a pending
-        start); they still share one squeue per ``max_age`` among them.
+        start); they still share one squeue per ``max_age`` among them. ``need``: a job id the
+        answer must cover (one registered after the last squeue forces a new one).
         """
-        age = self.interval if max_age is None else max_age
-        async with self._lock:
-            now = time.monotonic()
-            if fresh or self._last is None or now - self._stamp >= age:
-                self._last = await self._query(list(self._ids))
-                self._stamp = time.monotonic()
-            return self._last
+        return await self._get(self._jobs, self._query_jobs, fresh, max_age, need)
 
-    async def _query(self, ids: list[str]) -> dict[str, JobInfo] | None:
-        if not ids:
-            return {}
-        self.calls += 1
-        rc, out, err = await run(
-            ["squeue", "-h", "-t", "all", "-o", _SQUEUE_FORMAT, "-j", ",".join(ids)], timeout=30
-        )
-        if rc != 0:
-            if "Invalid job id" in err:
-                return {}  # every job asked for is long gone
-            return None
-        return parse_squeue(out)
+    async def steps(
+        self, fresh: bool = False, max_age: float | None = None, need: str | None = None
+    ) -> dict[str, dict[str, str]] | None:
+        """Running steps of the registered jobs, job id -> {step id: step name}; None unknown."""
+        return await self._get(self._steps, self._query_steps, fresh, max_age, need)
 
     async def job(
         self, job_id: str, fresh: bool = False, max_age: float | None = None
     ) -> JobInfo | None | bool:
         """The job's row; False when Slurm no longer knows it; None when unknown."""
-        jobs = await self.jobs(fresh=fresh, max_age=max_age)
+        jobs = await self.jobs(fresh=fresh, max_age=max_age, need=job_id)
         if jobs is None:
             return None
         return jobs.get(job_id, False)
 
+    async def _get(
+        self, snap: _Snapshot, query: Any, fresh: bool, max_age: float | None, need: str | None
+    ) -> Any:
+        age = self.interval if max_age is None else max_age
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            stale = time.monotonic() - snap.stamp >= age
+            if fresh or stale or not snap.valid or (need is not None and need not in snap.ids):
+                ids = list(self._ids)
+                if need is not None and need not in ids:
+                    ids.append(need)
+                snap.value = await query(ids) if ids else {}
+                snap.ids = frozenset(ids)
+                snap.stamp = time.monotonic()
+                snap.valid = True
+            return snap.value
+
+    async def _squeue(self, args: list[str], ids: list[str]) -> str | None:
+        self.calls += 1
+        rc, out, err = await run(["squeue", "-h", *args, "-j", ",".join(ids)], timeout=30)
+        if rc != 0:
+            if "Invalid job id" in err:
+                return ""  # every job asked for is long gone
+            return None
+        return out
+
+    async def _query_jobs(self, ids: list[str]) -> dict[str, JobInfo] | None:
+        out = await self._squeue(["-t", "all", "-o", _SQUEUE_FORMAT], ids)
+        return None if out is None else parse_squeue(out)
+
+    async def _query_steps(self, ids: list[str]) -> dict[str, dict[str, str]] | None:
+        out = await self._squeue(["-s", "-o", "%i|%j"], ids)
+        return None if out is None else parse_squeue_steps(out)
+
+
+@dataclass
+class _Snapshot:
+    """The last answer of one kind of squeue, when it was taken and which jobs it covers."""
+
+    value: Any = None
+    stamp: float = 0.0
+    ids: frozenset[str] = frozenset()
+    valid: bool = False
+
 
 class LeaseKeeper:
-    """Touches every registered lease file on one timer for the whole process."""
+    """Touches every registered lease file on one timer for the whole process.
 
-    _instances: dict[int, LeaseKeeper] = {}
+    One per event loop; its task stops when the last lease is discarded.
+    """
+
+    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LeaseKeeper] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -397,21 +518,27 @@ class LeaseKeeper:
 
     @classmethod
     def instance(cls, interval: float) -> LeaseKeeper:
-        key = id(asyncio.get_running_loop())
-        if key not in cls._instances:
-            cls._instances[key] = cls(interval)
-        keeper = cls._instances[key]
+        """The keeper of the running loop; the shortest interval asked for wins."""
+        loop = asyncio.get_running_loop()
+        keeper = cls._instances.get(loop)
+        if keeper is None:
+            keeper = cls._instances[loop] = cls(interval)
         keeper.interval = min(keeper.interval, interval)
         return keeper
 
     def add(self, path: str) -> None:
+        """Create or refresh ``path`` now and keep refreshing it."""
         touch(path)
         self.paths.add(path)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def discard(self, path: str) -> None:
+        """Stop refreshing ``path`` (the allocation that watches it may then end)."""
         self.paths.discard(path)
+        if not self.paths and self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     async def _run(self) -> None:
         while self.paths:
@@ -514,6 +641,8 @@ class SlurmProvisioner(ContainerProvisioner):
     node: str | None = None
     node_ip: str | None = None
     _attached = False
+    _stopping = False
+    _new_job = False
     _connection: dict[str, Any] | None = None
 
     @property
@@ -527,6 +656,11 @@ class SlurmProvisioner(ContainerProvisioner):
         return f"kp-{self.kernel_id}"
 
     @property
+    def step_name(self) -> str:
+        """The name every kernel step of this kernel's job carries (restarts included)."""
+        return f"{self.job_name}-kernel"
+
+    @property
     def has_process(self) -> bool:
         return self.process is not None or self._attached
 
@@ -534,14 +668,20 @@ class SlurmProvisioner(ContainerProvisioner):
     def queue(self) -> SlurmQueue:
         return SlurmQueue.instance(self.poll_interval)
 
+    @property
+    def lease_keeper(self) -> LeaseKeeper:
+        return LeaseKeeper.instance(self.lease_seconds / 3)
+
     # --- launch ---------------------------------------------------------------------------
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Get the allocation and build the kernel step's argv; called by KernelManager.
 
-        Checks what can be checked on this host first (image, runtime, binds, state
-        directory), then submits the job or reuses the one this kernel already holds
-        (restart), waits until it runs and learns its node and address.
+        Runs on every start and restart, before :meth:`launch_kernel`. Checks what can be
+        checked on this host first (image, runtime, binds, state directory), then submits
+        the job or reuses the one this kernel already holds (restart), waits until it runs
+        and learns its node and address. A start that fails here gives back the job it
+        submitted (cancelled, confirmed gone) and its lease before the error propagates.
         """
         cwd = os.path.abspath(kwargs.pop("cwd", None) or os.getcwd())
         extra_arguments = kwargs.pop("extra_arguments", [])
@@ -558,10 +698,19 @@ class SlurmProvisioner(ContainerProvisioner):
         check_bind_sources(binds)
         self._prune_old_logs()
 
-        if not await self._job_usable():
-            await self._submit()
-        await self._wait_running()
-        await self._locate_node()
+        self._new_job = False
+        self._stopping = False
+        try:
+            if not await self._job_usable():
+                await self._submit()
+                self._new_job = True
+            await self._wait_running()
+            await self._locate_node()
+        except BaseException as e:
+            # Nobody calls cleanup() after a failed start: give the allocation back here.
+            if self._new_job or isinstance(e, SlurmError):
+                await self._release()
+            raise
 
         # The kernel on the node writes F itself (its own ports and key); the manager reads
         # it from there, so the key never travels through argv, Slurm or the environment.
@@ -575,7 +724,7 @@ class SlurmProvisioner(ContainerProvisioner):
         kernel_cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
         inner = [a.replace(os.path.realpath(conn), conn) for a in kernel_cmd]
         inner = self.inner_command(inner) + [f"--ip={self.node_ip}"]
-        argv = build_srun_argv(self.job_id, f"{self.job_name}-kernel", cwd, self.srun_args)
+        argv = build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args)
         argv += build_exec_argv(
             self.runtime_info.path,
             self.image,
@@ -587,11 +736,21 @@ class SlurmProvisioner(ContainerProvisioner):
             contain=self.contain,
             extra_args=self.extra_args,
         )
+        # srun hands its own environment to the step, so it gets a short allowlist; the
+        # kernelspec's "env" (already substituted by the base class) travels into the
+        # container the same way container_env does.
+        spec_env = {
+            k: kwargs["env"][k]
+            for k in (getattr(self.kernel_spec, "env", None) or {})
+            if k in kwargs["env"]
+        }
         kwargs["env"] = slurm_env(
-            kwargs["env"], container_env(self.runtime_info.flavor, self.container_variables())
+            kwargs["env"],
+            container_env(self.runtime_info.flavor, {**spec_env, **self.container_variables()}),
         )
         kwargs["cmd"] = argv
         kwargs["cwd"] = cwd
+        self.log.debug("Kernel %s: step argv %s", self.kernel_id, argv)
         return kwargs
 
     def connection_binds(self, cwd: str) -> list[Bind]:
@@ -604,7 +763,9 @@ class SlurmProvisioner(ContainerProvisioner):
         Called by KernelManager after pre_launch. The srun process runs on this host with
         its output in the kernel's log file; the kernel on the node picks its own ports and
         key and writes them to F, which is read here. On restart F is kept, so the new
-        kernel binds the same ports with the same key and clients stay connected.
+        kernel binds the same ports with the same key and clients stay connected. If the
+        kernel does not come up, its step is ended, and a job submitted for this start is
+        given back.
         """
         log_path = self.files["log"]
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
@@ -633,8 +794,11 @@ class SlurmProvisioner(ContainerProvisioner):
         )
         try:
             self._connection = await self._wait_for_kernel()
-        except Exception:
+        except BaseException:
             await self.kill()
+            self.process = None
+            if self._new_job:
+                await self._release()
             raise
         self.connection_info = dict(self._connection)
         self.connection_info["key"] = self._connection["key"].encode()
@@ -642,6 +806,7 @@ class SlurmProvisioner(ContainerProvisioner):
         # the manager, the file and this info in agreement (and writes nothing itself).
         if self.parent is not None:
             self.parent.load_connection_info(self.connection_info)
+        self._new_job = False
         return self.connection_info
 
     async def _wait_for_kernel(self) -> dict[str, Any]:
@@ -656,17 +821,22 @@ class SlurmProvisioner(ContainerProvisioner):
             if code is not None:
                 await asyncio.sleep(0.2)  # let srun flush its last lines into the log
                 raise KernelStartError(
-                    f"The kernel exited before it was ready (exit {code}) in Slurm job "
-                    f"{self.job_id} on {self.node}. Last lines of its log "
-                    f"({self.files['log']}):\n{tail_file(self.files['log']) or '(empty)'}"
+                    f"Slurm job {self.job_id} on {self.node}: "
+                    + explain_exit(code, tail_file(self.files["log"]))
+                    + f"\n(full log: {self.files['log']})"
                 )
             if loop.time() > deadline:
                 raise KernelStartTimeout(
                     f"The kernel in Slurm job {self.job_id} on {self.node} did not start within "
                     f"{self.boot_timeout:.0f} s. Raise SlurmProvisioner.boot_timeout if the image "
-                    f"is slow to load. Last lines of its log:\n{tail_file(self.files['log'])}"
+                    f"is slow to load.{self._log_note()}"
                 )
             await asyncio.sleep(0.1)
+
+    def _log_note(self) -> str:
+        """' Last lines of its log (path): ...' when the kernel's log has any, else ''."""
+        tail = tail_file(self.files["log"])
+        return f" Last lines of its log ({self.files['log']}):\n{tail}" if tail else ""
 
     # --- the allocation -------------------------------------------------------------------
 
@@ -683,7 +853,7 @@ class SlurmProvisioner(ContainerProvisioner):
         self.job_id = self.step_id = self.node = None
         self._connection = None  # a new allocation means a new node: new ports, new key
         lease = self.files["lease"]
-        LeaseKeeper.instance(self.lease_seconds / 3).add(lease)
+        self.lease_keeper.add(lease)
         argv = build_sbatch_argv(
             self.job_name,
             partition=self.partition,
@@ -695,13 +865,14 @@ class SlurmProvisioner(ContainerProvisioner):
             constraint=self.constraint,
             cpus_per_task=self.cpus_per_task,
             mem=self.mem,
+            output=self.files["log"],
             chdir=self.state_dir,
             extra_args=self.sbatch_args,
         )
         script = batch_script(lease, self.lease_seconds).encode()
         rc, out, err = await run(argv, input=script, timeout=60)
         if rc != 0:
-            LeaseKeeper.instance(self.lease_seconds / 3).discard(lease)
+            self.lease_keeper.discard(lease)
             _unlink(lease)
             raise SlurmSubmitError(await self._rejection_message(err.strip() or out.strip()))
         self.job_id = out.strip().split(";")[0]
@@ -714,58 +885,77 @@ class SlurmProvisioner(ContainerProvisioner):
         )
 
     async def _rejection_message(self, slurm_says: str) -> str:
-        text = slurm_says.replace("sbatch: error: ", "").replace("\n", " ").strip()
-        where = ", ".join(
-            f"{k}={v}"
-            for k, v in [
-                ("partition", self.partition),
-                ("gpus", self.gpus),
-                ("account", self.account),
-                ("qos", self.qos),
-                ("constraint", self.constraint),
-            ]
-            if v
-        )
-        msg = f'Slurm rejected the job: "{text}"' + (f" ({where})." if where else ".")
-        if "partition" in text.lower():
+        partitions: list[str] = []
+        if "partition" in slurm_says.lower():
             rc, out, _ = await run(["sinfo", "-h", "-o", "%R"], timeout=20)
-            if rc == 0 and out.strip():
-                msg += f" Partitions here: {', '.join(sorted(set(out.split())))}."
-        elif "controller" in text.lower():
-            msg += " The Slurm controller is not answering; try again or tell your admins."
-        else:
-            msg += " Check the kernel's Slurm settings (partition, gpus, account, qos)."
-        return msg
+            if rc == 0:
+                partitions = list(dict.fromkeys(out.split()))
+        settings = {
+            "partition": self.partition,
+            "gpus": self.gpus,
+            "time_limit": self.time_limit,
+            "account": self.account,
+            "qos": self.qos,
+            "constraint": self.constraint,
+            "mem": self.mem,
+            "cpus_per_task": self.cpus_per_task or "",
+        }
+        return rejection_message(slurm_says, settings, partitions)
 
     async def _wait_running(self) -> None:
+        """Wait until the job runs; report a job that cannot or did not start at once.
+
+        INFO lines while pending (job id, state, reason, expected start) every
+        pending_log_interval or when the reason changes; a controller that does not answer
+        only delays, it does not fail the start (queue_timeout still applies).
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
         last_log = -1e9
-        last_reason = ""
+        last_reason: str | None = None
         while True:
             job = await self.queue.job(self.job_id, max_age=0.25)
+            now = loop.time()
             if job is False:
                 raise SlurmJobFailed(
                     f"Slurm job {self.job_id} for kernel {self.kernel_name} ended before it "
                     f"started (no longer in squeue). Check 'sacct -j {self.job_id}'."
+                    f"{self._log_note()}"
                 )
-            if job:
+            if job is None:
+                if now - last_log >= self.pending_log_interval:
+                    self.log.warning(
+                        "Kernel %s: the Slurm controller is not answering; still waiting for "
+                        "job %s",
+                        self.kernel_id,
+                        self.job_id,
+                    )
+                    last_log, last_reason = now, None
+            else:
                 state = job.state.split()[0]
                 if state == "RUNNING":
+                    self.log.info(
+                        "Kernel %s: Slurm job %s running on %s after %.1f s",
+                        self.kernel_id,
+                        self.job_id,
+                        job.nodes,
+                        now - started,
+                    )
                     return
+                reason = "" if job.reason in ("", "None") else f" (reason: {job.reason})"
                 if job.finished:
                     raise SlurmJobFailed(
-                        f"Slurm job {self.job_id} for kernel {self.kernel_name} is {state} "
-                        f"(reason: {job.reason}) before the kernel started."
+                        f"Slurm job {self.job_id} for kernel {self.kernel_name} ended as "
+                        f"{state}{reason} before the kernel started. Check the job with "
+                        f"'sacct -j {self.job_id}' or start the kernel again."
+                        f"{self._log_note()}"
                     )
                 if job.reason in HOPELESS_REASONS:
-                    await self._cancel_job()
                     raise SlurmJobFailed(
-                        f"Slurm job {self.job_id} cannot start: {job.reason}. Fix the kernel's "
-                        "Slurm settings (partition, gpus, time, account, qos); the job was "
-                        "cancelled."
+                        f"Slurm job {self.job_id} for kernel {self.kernel_name} cannot start: "
+                        f"{job.reason}. Fix the kernel's Slurm settings (partition, gpus, "
+                        "time_limit, account, qos) or ask your admins; the job was cancelled."
                     )
-                now = loop.time()
                 if job.reason != last_reason or now - last_log >= self.pending_log_interval:
                     self.log.info(
                         "Kernel %s: Slurm job %s %s (reason: %s, expected start: %s)",
@@ -776,13 +966,14 @@ class SlurmProvisioner(ContainerProvisioner):
                         job.start,
                     )
                     last_log, last_reason = now, job.reason
-                if self.queue_timeout and now - started > self.queue_timeout:
-                    await self._cancel_job()
-                    raise SlurmQueueTimeout(
-                        f"Slurm job {self.job_id} waited {self.queue_timeout:.0f} s in the "
-                        f"queue ({job.reason}) and was cancelled. Try another partition or "
-                        "fewer GPUs, or raise SlurmProvisioner.queue_timeout."
-                    )
+            if self.queue_timeout and now - started > self.queue_timeout:
+                why = f" ({job.reason})" if job else " (controller not answering)"
+                raise SlurmQueueTimeout(
+                    f"Slurm job {self.job_id} for kernel {self.kernel_name} waited "
+                    f"{self.queue_timeout:.0f} s in the queue{why} and was cancelled. Try "
+                    "another partition or fewer GPUs, or raise SlurmProvisioner.queue_timeout "
+                    "(0 waits forever)."
+                )
             await asyncio.sleep(0.25)
 
     async def _locate_node(self) -> None:
@@ -793,7 +984,10 @@ class SlurmProvisioner(ContainerProvisioner):
             rc, out, _ = await run(["squeue", "-h", "-j", self.job_id, "-o", "%N"], timeout=30)
             self.node = out.strip() if rc == 0 else None
         if not self.node:
-            raise SlurmError(f"Slurm did not say which node job {self.job_id} runs on.")
+            raise SlurmError(
+                f"Slurm did not say which node job {self.job_id} runs on; is the controller "
+                "answering ('scontrol ping')? Start the kernel again."
+            )
         if self.kernel_ip:
             self.node_ip = self.kernel_ip
             return
@@ -804,18 +998,44 @@ class SlurmProvisioner(ContainerProvisioner):
         self.node_ip = infos[0][4][0]
 
     async def _cancel_job(self) -> None:
+        """scancel this kernel's job, filtered by its name: a job id that Slurm has since
+        given to another job is left alone."""
         if self.job_id:
-            await run(["scancel", self.job_id], timeout=30)
+            rc, _, err = await run(["scancel", f"--name={self.job_name}", self.job_id], timeout=30)
+            if rc != 0 and "already completing or completed" not in err:
+                self.log.warning(
+                    "Kernel %s: scancel %s failed: %s", self.kernel_id, self.job_id, err.strip()
+                )
 
-    async def _step(self) -> str | None:
-        """The Slurm step id of the running kernel (found by its step name)."""
+    async def _release(self) -> None:
+        """Give back the allocation and the files of this kernel (not its log).
+
+        Called by :meth:`cleanup` on final shutdown and by a start that failed: stop the
+        lease, cancel the job, wait until Slurm lists it as ended, forget it.
+        """
+        self.lease_keeper.discard(self.files["lease"])
+        if self.job_id:
+            await self._cancel_job()
+            await self._confirm_gone()
+            self.queue.unregister(self.job_id)
+        for key in ("connection", "lease"):
+            _unlink(self.files[key])
+        self.job_id = self.step_id = None
+        self._connection = None
+        self._attached = False
+        self._new_job = False
+
+    async def _step(self, fresh: bool = True) -> str | None:
+        """The Slurm step id of the running kernel (the newest step with its step name)."""
         if self.step_id or not self.job_id:
             return self.step_id
-        rc, out, _ = await run(["squeue", "-h", "-s", "-j", self.job_id, "-o", "%i|%j"], timeout=30)
-        for line in out.splitlines() if rc == 0 else []:
-            sid, _, name = line.partition("|")
-            if name.strip() == f"{self.job_name}-kernel":
-                self.step_id = sid.strip()
+        steps = await self.queue.steps(fresh=fresh, need=self.job_id)
+        mine = [
+            s for s, name in (steps or {}).get(self.job_id, {}).items() if name == self.step_name
+        ]
+        if mine:
+            # a restart's previous step may still be listed while it ends: take the newest
+            self.step_id = max(mine, key=lambda s: int("0" + s.rpartition(".")[2].strip("+")))
         return self.step_id
 
     # --- running kernel -------------------------------------------------------------------
@@ -823,54 +1043,77 @@ class SlurmProvisioner(ContainerProvisioner):
     async def poll(self) -> int | None:
         """None while the kernel runs; called by KernelManager.is_alive and the restarter.
 
-        The local srun process answers for free; a re-attached kernel (no srun here) asks
-        the shared, batched squeue. A controller error counts as alive.
+        The local srun process answers for free (it lives exactly as long as the step). A
+        kernel re-attached from a record (no srun here) looks for its step in the shared,
+        batched squeue: one call per poll_interval serves every kernel of the process, and
+        a controller error counts as alive.
         """
         if self.process is not None:
             return self.process.poll()
         if not self._attached:
             return 0
-        job = await self.queue.job(self.job_id)
-        if job is None:
+        # After a shutdown_request, look more often so the shutdown does not wait out the
+        # interval; the answer is still shared.
+        steps = await self.queue.steps(max_age=0.5 if self._stopping else None, need=self.job_id)
+        if steps is None:
             return None
-        if job is False or job.finished:
-            self._attached = False
-            return 0
-        return None
+        mine = steps.get(self.job_id, {})
+        if any(sid == self.step_id or name == self.step_name for sid, name in mine.items()):
+            return None
+        self._attached = False
+        return 0
 
     async def wait(self) -> int | None:
         """Wait for the kernel step to end; called by KernelManager during shutdown."""
         while await self.poll() is None:
             await asyncio.sleep(0.1)
-        code = self.process.wait() if self.process else 0
+        code = self.process.returncode if self.process else 0
         self.process = None
         return code
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """Note that a shutdown_request went out; called by KernelManager.request_shutdown."""
+        self._stopping = True
 
     async def send_signal(self, signum: int) -> None:
         """Signal the kernel on the node; called by KernelManager (interrupt_mode 'signal').
 
         srun would treat SIGINT as "print status", so the signal goes to the step through
-        scancel, which delivers it to the kernel process in the container.
+        ``scancel --signal=SIG J.S``, which delivers it to the kernel process in the
+        container. If the step cannot be found, every step of the job gets it (never the
+        holder script).
         """
-        if signum == 0:
+        if signum == 0 or not self.job_id:
             return
-        step = await self._step()
-        if step:
-            name = signal.Signals(signum).name.replace("SIG", "")
-            rc, _, err = await run(["scancel", f"--signal={name}", step], timeout=30)
-            if rc != 0:
-                self.log.warning("Kernel %s: scancel --signal failed: %s", self.kernel_id, err)
+        target = await self._step() or self.job_id
+        name = signal.Signals(signum).name.removeprefix("SIG")
+        rc, _, err = await run(["scancel", f"--signal={name}", target], timeout=30)
+        if rc != 0:
+            self.log.warning(
+                "Kernel %s: scancel --signal=%s %s failed: %s",
+                self.kernel_id,
+                name,
+                target,
+                err.strip(),
+            )
 
     async def kill(self, restart: bool = False) -> None:
-        """End the kernel step (not the allocation); called by KernelManager."""
+        """End the kernel step (not the allocation); called by KernelManager.
+
+        The step is killed through Slurm; the local srun gets SIGTERM (which also cancels
+        the step; SIGKILL would leave it running) and SIGKILL only if it hangs.
+        """
         step = await self._step()
         if step:
             await run(["scancel", "--signal=KILL", step], timeout=30)
         if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            _signal_group(self.pid, signal.SIGTERM)
+            for _ in range(30):
+                if self.process.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                _signal_group(self.pid, signal.SIGKILL)
         self._attached = False
 
     async def terminate(self, restart: bool = False) -> None:
@@ -885,45 +1128,55 @@ class SlurmProvisioner(ContainerProvisioner):
         remove the connection file, lease and (unless keep_logs) log.
         """
         self.step_id = None
+        self._stopping = False
         if restart:
             return
-        LeaseKeeper.instance(self.lease_seconds / 3).discard(self.files["lease"])
-        if self.job_id and await self._owns_job():
-            await self._cancel_job()
-            await self._confirm_gone()
-            self.queue.unregister(self.job_id)
-        for key in ("connection", "lease") + (() if self.keep_logs else ("log",)):
-            _unlink(self.files[key])
-        self.job_id = None
-        self._connection = None
+        await self._release()
+        if not self.keep_logs:
+            _unlink(self.files["log"])
 
     async def _owns_job(self) -> bool:
-        """A job id from a record is cancelled only if it still carries this kernel's name."""
+        """Whether the job id of a record is still this kernel's live job.
+
+        True when Slurm lists it with this kernel's job name and user and it has not ended,
+        or when Slurm cannot be asked (the record is then trusted; cancelling is filtered
+        by name anyway).
+        """
         job = await self.queue.job(self.job_id, fresh=True)
         if job is None or job is False:
-            return job is None  # unknown: cancel by id is still the safe default for our job
-        return job.name == self.job_name and job.user == getpass.getuser()
+            return job is None
+        return job.name == self.job_name and job.user == _user() and not job.finished
 
     async def _confirm_gone(self, timeout: float = 30) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        delay = 0.05
         while loop.time() < deadline:
-            job = await self.queue.job(self.job_id, fresh=True)
-            if job is False or (job and job.state.split()[0] in FINISHED_STATES):
+            # max_age instead of fresh: kernels shutting down together share each squeue.
+            job = await self.queue.job(self.job_id, max_age=delay)
+            if job is False or (job and job.finished):
                 return
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
         self.log.warning(
-            "Kernel %s: Slurm job %s still listed %.0f s after scancel.",
+            "Kernel %s: Slurm job %s still listed %.0f s after scancel; check 'squeue -j %s'.",
             self.kernel_id,
             self.job_id,
             timeout,
+            self.job_id,
         )
 
     # --- persistence, timing --------------------------------------------------------------
 
     async def get_provisioner_info(self) -> dict[str, Any]:
-        """What a restarted server needs to re-attach; called by the kernel manager."""
+        """What a restarted server needs to re-attach; called by the kernel manager's owner.
+
+        JSON-serializable and without the key: the key stays in the connection file (0600,
+        in the 0700 state directory), where :meth:`load_provisioner_info` reads it again.
+        """
         info = await super().get_provisioner_info()
+        conn = {k: v for k, v in (info.get("connection_info") or {}).items() if k != "key"}
+        info["connection_info"] = conn
         info.update(
             {
                 "job_id": self.job_id,
@@ -932,43 +1185,74 @@ class SlurmProvisioner(ContainerProvisioner):
                 "node_ip": self.node_ip,
                 "state_dir": self.state_dir,
                 "job_name": self.job_name,
+                "connection_file": self.files["connection"],
             }
         )
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
-        """Re-attach to a running kernel from a record; resumes refreshing its lease."""
+        """Re-attach to a running kernel from a record; called by a restarted server.
+
+        Attaches only when Slurm still lists the record's job under this kernel's name and
+        user (a stale record whose job id now belongs to another job is ignored, and that
+        job is never touched); then resumes refreshing the lease and reads the connection
+        info, key included, from the kernel's connection file.
+        """
         await KernelProvisionerBase.load_provisioner_info(self, provisioner_info)
         self.pid = self.pgid = None
+        self.process = None
+        self._attached = False
         self.job_id = provisioner_info.get("job_id")
         self.step_id = provisioner_info.get("step_id")
         self.node = provisioner_info.get("node")
         self.node_ip = provisioner_info.get("node_ip")
         self.state_dir = provisioner_info.get("state_dir") or self.state_dir
         if not self.job_id or provisioner_info.get("job_name") != self.job_name:
+            self.log.warning(
+                "Kernel %s: the record names no Slurm job of this kernel; not attaching.",
+                self.kernel_id,
+            )
+            self.job_id = None
             return
         self.queue.register(self.job_id)
         if not await self._owns_job():
             self.log.warning(
-                "Kernel %s: Slurm job %s is not this kernel's; not attaching.",
+                "Kernel %s: Slurm job %s has ended or is not this kernel's; not attaching.",
                 self.kernel_id,
                 self.job_id,
             )
             self.queue.unregister(self.job_id)
-            self.job_id = None
+            self.job_id = self.step_id = None
             return
         self._attached = True
-        LeaseKeeper.instance(self.lease_seconds / 3).add(self.files["lease"])
+        self.lease_keeper.add(self.files["lease"])
         info = _read_connection_file(self.files["connection"])
         if info:
+            self._connection = info
             self.connection_info = dict(info, key=info["key"].encode())
+        else:
+            self.log.warning(
+                "Kernel %s: connection file %s is missing; the kernel can be polled and shut "
+                "down but not reached.",
+                self.kernel_id,
+                self.files["connection"],
+            )
+        self.log.info(
+            "Kernel %s: re-attached to Slurm job %s (step %s on %s)",
+            self.kernel_id,
+            self.job_id,
+            self.step_id,
+            self.node,
+        )
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
-        """srun and scancel need a few seconds more than a local process."""
+        """Seconds KernelManager waits for a clean exit before terminate/kill; srun and
+        scancel need a few seconds more than a local process."""
         return max(recommended, 15.0)
 
     def get_stable_start_time(self, recommended: float = 10.0) -> float:
-        """A kernel counts as started once the queue wait and boot are over."""
+        """Seconds a kernel must stay up before the restarter counts its start as stable
+        (the restarter starts after the queue wait, so that wait is not part of it)."""
         return max(recommended, 30.0)
 
     def _prune_old_logs(self, days: float = 7) -> None:
@@ -1007,6 +1291,22 @@ async def _listening_at(ip: str, port: int) -> bool:
         return False
     writer.close()
     return True
+
+
+def _user() -> str:
+    """The user Slurm sees for this process (by uid, not by $USER)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
+
+
+def _signal_group(pid: int | None, signum: int) -> None:
+    if pid:
+        try:
+            os.killpg(pid, signum)
+        except OSError:
+            pass
 
 
 def _unlink(path: str) -> None:
