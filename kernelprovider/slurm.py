@@ -354,7 +354,8 @@ def tail_file(path: str, lines: int = 30) -> str:
             data = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(line for line in data.splitlines()[-lines:] if line.strip())
+    # blank lines (srun and apptainer end with some) must not use up the budget
+    return "\n".join([line for line in data.splitlines() if line.strip()][-lines:])
 
 
 async def run(
