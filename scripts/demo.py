@@ -72,6 +72,8 @@ async def run() -> int:
     status = "error"
     try:
         await kc.wait_for_ready(timeout=120)
+        for v in km.provisioner.verdicts:
+            print(f"Compatibility ({v.check}) {v.level}: {v.reason}")
         print(f"Kernel ready; the server holds pid {km.provisioner.pid}. Output from inside:")
         reply = await kc.execute_interactive(IN_KERNEL, timeout=120)
         status = reply["content"]["status"]
