@@ -4,7 +4,7 @@ VENV := build/venv
 PY := $(VENV)/bin/python
 export KP_REQUIRE_RUNTIME := 1
 
-.PHONY: demo test unit lint testenv slurm venv bench clean docs
+.PHONY: demo test unit lint testenv slurm venv bench clean docs soak
 
 $(PY): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV) || (apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
@@ -40,3 +40,6 @@ clean:
 
 docs: venv
 	$(PY) scripts/config-reference.py
+
+soak: venv testenv slurm
+	$(PY) bench/soak.py --local 100 --slurm 50
