@@ -1082,13 +1082,16 @@ class SlurmProvisioner(ContainerProvisioner):
         srun would treat SIGINT as "print status", so the signal goes to the step through
         ``scancel --signal=SIG J.S``, which delivers it to the kernel process in the
         container. If the step cannot be found, every step of the job gets it (never the
-        holder script).
+        holder script). Every scancel is filtered by this kernel's job name, so a stale
+        record cannot signal someone else's job.
         """
         if signum == 0 or not self.job_id:
             return
         target = await self._step() or self.job_id
         name = signal.Signals(signum).name.removeprefix("SIG")
-        rc, _, err = await run(["scancel", f"--signal={name}", target], timeout=30)
+        rc, _, err = await run(
+            ["scancel", f"--signal={name}", f"--name={self.job_name}", target], timeout=30
+        )
         if rc != 0:
             self.log.warning(
                 "Kernel %s: scancel --signal=%s %s failed: %s",
@@ -1106,7 +1109,7 @@ class SlurmProvisioner(ContainerProvisioner):
         """
         step = await self._step()
         if step:
-            await run(["scancel", "--signal=KILL", step], timeout=30)
+            await run(["scancel", "--signal=KILL", f"--name={self.job_name}", step], timeout=30)
         if self.process is not None and self.process.poll() is None:
             _signal_group(self.pid, signal.SIGTERM)
             for _ in range(30):
@@ -1155,7 +1158,8 @@ class SlurmProvisioner(ContainerProvisioner):
         while loop.time() < deadline:
             # max_age instead of fresh: kernels shutting down together share each squeue.
             job = await self.queue.job(self.job_id, max_age=delay)
-            if job is False or (job and job.finished):
+            # a job id that (now) carries another name is not ours to wait for
+            if job is False or (job and (job.finished or job.name != self.job_name)):
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
