@@ -33,7 +33,7 @@ test: venv testenv slurm lint
 	$(PY) -m pytest -q -rs
 
 bench: venv testenv slurm
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf build/venv
