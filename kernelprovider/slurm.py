@@ -832,7 +832,7 @@ class SlurmProvisioner(ContainerProvisioner):
                     f"{self.boot_timeout:.0f} s. Raise SlurmProvisioner.boot_timeout if the image "
                     f"is slow to load.{self._log_note()}"
                 )
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
 
     def _log_note(self) -> str:
         """' Last lines of its log (path): ...' when the kernel's log has any, else ''."""
@@ -914,8 +914,12 @@ class SlurmProvisioner(ContainerProvisioner):
         started = loop.time()
         last_log = -1e9
         last_reason: str | None = None
+        # Look often at first (a free node starts the job within about a second, and every
+        # tenth of a second shows in the user's start time), then back off to one look per
+        # second for a job that really queues; kernels waiting together share each squeue.
+        delay = 0.02
         while True:
-            job = await self.queue.job(self.job_id, max_age=0.25)
+            job = await self.queue.job(self.job_id, max_age=delay)
             now = loop.time()
             if job is False:
                 raise SlurmJobFailed(
@@ -975,9 +979,13 @@ class SlurmProvisioner(ContainerProvisioner):
                     "another partition or fewer GPUs, or raise SlurmProvisioner.queue_timeout "
                     "(0 waits forever)."
                 )
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.4, 1.0)
 
     async def _locate_node(self) -> None:
+        """Node name (from squeue) and the address the kernel binds (its NodeAddr)."""
+        if self.node and self.node_ip and not self._new_job:
+            return  # a restart in the same allocation: same node
         job = await self.queue.job(self.job_id)
         if job and job.nodes:
             self.node = job.nodes
