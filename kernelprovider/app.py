@@ -267,9 +267,18 @@ class ListApp(_KernelSpecApp):
     json_output = Bool(False, help="Print JSON instead of a table.").tag(config=True)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per container kernelspec, with whether its image can be started here."""
+        """One dict per container kernelspec, with whether its image can be started here and
+        its verdict on this host ("ok"/"warn"/"fail" and the worst reason's first sentence;
+        ``jupyter kernelprovider doctor NAME`` prints all of them)."""
+        from .doctor import kernel_verdict  # imported on use: doctor.py imports this module
+        from .gpu import host_facts
+
+        kernels = container_kernelspecs(self.kernel_spec_manager)
+        if not kernels:
+            return []
+        host = host_facts()  # once: nvidia-smi is the slow part
         rows = []
-        for name, (resource_dir, spec) in container_kernelspecs(self.kernel_spec_manager).items():
+        for name, (resource_dir, spec) in kernels.items():
             prov = spec["metadata"]["kernel_provisioner"]
             config = prov.get("config", {})
             image = config.get("image", "")
@@ -278,6 +287,7 @@ class ListApp(_KernelSpecApp):
                 image_state = "ok"
             except KernelProviderError as e:
                 image_state = type(e).__name__
+            verdict, verdict_reason = kernel_verdict(self, name, host)
             rows.append(
                 {
                     "name": name,
@@ -288,6 +298,8 @@ class ListApp(_KernelSpecApp):
                     "gpu": config.get("gpu", "nv"),
                     "provisioner": prov.get("provisioner_name"),
                     "resource_dir": resource_dir,
+                    "verdict": verdict,
+                    "verdict_reason": verdict_reason,
                 }
             )
         return rows
@@ -303,8 +315,8 @@ class ListApp(_KernelSpecApp):
                 "No container kernelspecs installed. Add one with 'jupyter kernelprovider install'."
             )
             return
-        cols = ["name", "display_name", "image", "image_state", "runtime", "gpu"]
-        heads = ["NAME", "DISPLAY NAME", "IMAGE", "IMAGE STATE", "RUNTIME", "GPU"]
+        cols = ["name", "display_name", "image", "image_state", "runtime", "gpu", "verdict"]
+        heads = ["NAME", "DISPLAY NAME", "IMAGE", "IMAGE STATE", "RUNTIME", "GPU", "VERDICT"]
         widths = [
             max(len(h), *(len(str(r[c])) for r in rows)) for c, h in zip(cols, heads, strict=True)
         ]
