@@ -13,8 +13,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,7 @@ pytest.importorskip("jupyterlab")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 from integration.test_server import TOKEN, Server  # noqa: E402
+from slurm_cluster import squeue_jobs, wait_job_state  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -39,11 +43,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TF = "TF 1.8 / CUDA 9.2 (GPU)"
-KERNELS = ("tf18-cuda92-gpu", "python3")
 CELL = """\
 import json
 labels = json.load(open('/.singularity.d/labels.json'))
 print('TENSORFLOW_VERSION', labels['TENSORFLOW_VERSION'], 'CUDA_VERSION', labels['CUDA_VERSION'])"""
+WHERE = "import os; print(os.environ['SLURM_JOB_ID'], os.environ['SLURM_JOB_PARTITION'])"
 
 
 def _need(what: str) -> None:
@@ -53,10 +57,53 @@ def _need(what: str) -> None:
 
 
 @pytest.fixture
-def lab(images, jupyter_dirs, tmp_path: Path) -> Iterator[Server]:
-    """jupyter_server with JupyterLab, on loopback with a token, after the admin's scan."""
+def start_lab(jupyter_dirs, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start jupyter_server with JupyterLab on loopback with a token; stopped at teardown."""
     if not CHROMIUM.exists():
         _need(f"{CHROMIUM} is not installed")
+    # A user settings directory of the test's own: no news prompt over the page.
+    settings = tmp_path / "lab-settings"
+    notification = settings / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True)
+    (notification / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    servers: list[Server] = []
+
+    def start(kernels: Sequence[str], site_config: str = "") -> Server:
+        config = tmp_path / "jupyter_server_config.py"
+        config.write_text(site_config)
+        # Only the kernels the test is about, whatever else the machine has installed.
+        args = [f"--config={config}"]
+        args += [f"--KernelSpecManager.allowed_kernelspecs={k}" for k in kernels]
+        os.environ["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
+        os.environ["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp_path / "lab-workspaces")
+        try:
+            srv = Server(jupyter_dirs["work"], tmp_path / "lab.log", args)
+        finally:
+            del os.environ["JUPYTERLAB_SETTINGS_DIR"], os.environ["JUPYTERLAB_WORKSPACES_DIR"]
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    """A page of Debian's chromium, headless, driven by Playwright."""
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(90_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def _scan(images, jupyter_dirs, tmp_path: Path) -> None:
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     (image_dir / "tf-1.8-cuda-9.2.sif").symlink_to(images.test)
@@ -67,58 +114,121 @@ def lab(images, jupyter_dirs, tmp_path: Path) -> Iterator[Server]:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert scan.returncode == 0, scan.stderr
-    # A user settings directory of the test's own: no news prompt over the page.
-    settings = tmp_path / "lab-settings"
-    notification = settings / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True)
-    (notification / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    os.environ["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
-    os.environ["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp_path / "lab-workspaces")
-    try:
-        # Only the kernels this test is about, whatever else the machine has installed.
-        allowed = [f"--KernelSpecManager.allowed_kernelspecs={k}" for k in KERNELS]
-        srv = Server(jupyter_dirs["work"], tmp_path / "lab.log", allowed)
-    finally:
-        del os.environ["JUPYTERLAB_SETTINGS_DIR"], os.environ["JUPYTERLAB_WORKSPACES_DIR"]
-    yield srv
-    srv.stop()
 
 
-def test_launcher_card_opens_a_notebook_that_runs_in_the_image(lab: Server) -> None:
+def _get(server: Server, path: str) -> Any:
+    # Playwright's sync API runs its own event loop here: plain urllib, not tornado.
+    req = urllib.request.Request(server.url + path, headers={"Authorization": f"token {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def _run_cell(page: Any, code: str) -> None:
+    page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").first.click()
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+
+
+def test_launcher_card_opens_a_notebook_that_runs_in_the_image(
+    images, jupyter_dirs, tmp_path, start_lab, browser_page
+) -> None:
+    _scan(images, jupyter_dirs, tmp_path)
+    lab = start_lab(["tf18-cuda92-gpu", "python3"])
+    page = browser_page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "jupyterlab-tf18.png"
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(90_000)
-        try:
-            page.goto(f"{lab.url}/lab?token={TOKEN}")
-            card = page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{TF}"]')
-            card.wait_for()
-            # The card shows the logo the scan installed, served by the kernelspec API.
-            logo = card.locator("img")
-            assert "/kernelspecs/tf18-cuda92-gpu/logo-" in (logo.get_attribute("src") or "")
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab-launcher.png"))
-            card.click()
+    try:
+        page.goto(f"{lab.url}/lab?token={TOKEN}")
+        card = page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{TF}"]')
+        card.wait_for()
+        # The card shows the logo the scan installed, served by the kernelspec API.
+        assert "/kernelspecs/tf18-cuda92-gpu/logo-" in (
+            card.locator("img").get_attribute("src") or ""
+        )
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-launcher.png"))
+        card.click()
 
-            page.get_by_text(f"{TF} | Idle").wait_for()
-            editor = page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").first
-            editor.click()
-            page.keyboard.type(CELL)
-            page.keyboard.press("Shift+Enter")
-            output = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").first
-            output.wait_for()
-            page.get_by_text(f"{TF} | Idle").wait_for()
-            assert output.inner_text().strip() == "TENSORFLOW_VERSION 1.8 CUDA_VERSION 9.2"
-            assert page.locator(".jp-NotebookPanel:visible .jp-InputPrompt").first.inner_text() == (
-                "[1]:"
-            )
-            page.screenshot(path=str(shot))
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab-tf18-failure.png"))
-            raise
-        finally:
-            browser.close()
-    assert shot.stat().st_size > 0
+        page.get_by_text(f"{TF} | Idle").wait_for()
+        _run_cell(page, CELL)
+        output = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").first
+        output.wait_for()
+        page.get_by_text(f"{TF} | Idle").wait_for()
+        assert output.inner_text().strip() == "TENSORFLOW_VERSION 1.8 CUDA_VERSION 9.2"
+        prompt = page.locator(".jp-NotebookPanel:visible .jp-InputPrompt").first
+        assert prompt.inner_text() == "[1]:"
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-tf18.png"))
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-tf18-failure.png"))
+        raise
+
+
+SLURM_TF = "TF 1.8 / CUDA 9.2 (GPU, Slurm)"
+PENDING_SITE = """
+# What a long queue wait looks like with pending kernels (see examples/jupyter_server_config.py)
+c.MappingKernelManager.use_pending_kernels = True
+c.SlurmProvisioner.pending_log_interval = 2.0
+"""
+
+
+@pytest.mark.slurm
+def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
+    images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
+) -> None:
+    install_kernel(
+        "tf18-cuda92-gpu-slurm",
+        images.test,
+        display_name=SLURM_TF,
+        provisioner="slurm-apptainer-provisioner",
+        interrupt_mode="message",
+        partition=slurm_cluster.default_partition,
+        gpus="1",
+        state_dir=str(tmp_path / "state"),
+        # Held until the test releases it: a queue wait that ends when the test says so.
+        sbatch_args=["--hold"],
+    )
+    lab = start_lab(["tf18-cuda92-gpu-slurm"], PENDING_SITE)
+    page = browser_page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    job = None
+    try:
+        page.goto(f"{lab.url}/lab?token={TOKEN}")
+        page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{SLURM_TF}"]').click()
+        page.get_by_text(f"{SLURM_TF} | Connecting").wait_for()
+        _run_cell(page, WHERE)
+        deadline = time.monotonic() + 60
+        while job is None and time.monotonic() < deadline:
+            ids = [s["kernel"]["id"] for s in _get(lab, "/api/sessions") if s.get("kernel")]
+            job = next((j for k in ids for j in squeue_jobs(f"kp-{k}")), None)
+            time.sleep(0.3)
+        assert job is not None, "no Slurm job for the notebook's kernel"
+        assert (job["state"], job["reason"]) == ("PENDING", "JobHeldUser")
+        # While it waits: the kernel's name, "Connecting", and the cell queued as [*].
+        prompt = page.locator(".jp-NotebookPanel:visible .jp-InputPrompt").first
+        assert prompt.inner_text() == "[*]:"
+        page.get_by_text(f"{SLURM_TF} | Connecting").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-queued.png"))
+
+        subprocess.run(["scontrol", "release", job["id"]], check=True, timeout=30)
+        output = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output").first
+        output.wait_for()
+        page.get_by_text(f"{SLURM_TF} | Idle").wait_for()
+        assert output.inner_text().split() == [job["id"], "gpu"]
+        assert prompt.inner_text() == "[1]:"
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-started.png"))
+        log = lab.log.read_text()
+        assert f"Slurm job {job['id']} PENDING (reason: JobHeldUser" in log
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-failure.png"))
+        raise
+    finally:
+        if job is None:
+            try:
+                ids = [s["kernel"]["id"] for s in _get(lab, "/api/sessions") if s.get("kernel")]
+            except OSError:
+                ids = []
+            job = next((j for k in ids for j in squeue_jobs(f"kp-{k}")), None)
+        if job is not None:
+            # A held job never starts by itself: never leave it queued.
+            if wait_job_state(job["id"], {"RUNNING", "GONE"}, timeout=1) is None:
+                subprocess.run(["scancel", job["id"]], check=False, timeout=30)
+    lab.stop()
+    assert wait_job_state(job["id"], {"GONE"}, timeout=60) is not None
