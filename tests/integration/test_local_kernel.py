@@ -157,3 +157,26 @@ async def test_message_mode_interrupt(images, install_kernel, jupyter_dirs):
     finally:
         kc.stop_channels()
         await km.shutdown_kernel(now=True)
+
+
+async def test_server_python_settings_stay_outside(
+    images, install_kernel, jupyter_dirs, monkeypatch
+):
+    """A server started with PYTHONPATH (modules, conda) must not point the image's Python at
+    the server's packages."""
+    monkeypatch.setenv("PYTHONPATH", "/opt/site/server-packages")
+    monkeypatch.setenv("PYTHONHOME", "/opt/site/python")
+    name = install_kernel("kp-pp", images.test, container_env={"KP_FROM_SPEC": "yes"})
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel(cwd=str(jupyter_dirs["work"]))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        code = "import os; print(os.environ.get('PYTHONPATH'), os.environ.get('PYTHONHOME'), os.environ.get('KP_FROM_SPEC'))"
+        content, out = await run_cell(kc, code)
+        assert content["status"] == "ok"
+        assert out.split() == ["None", "None", "yes"]
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
