@@ -169,3 +169,36 @@ async def test_slurm_site_partition_and_the_queue_wait_in_the_server_log(
     ]
     assert len(pending) >= 2, log[-3000:]
     assert message in log
+
+
+def test_the_sample_site_config_names_real_settings_with_valid_values() -> None:
+    """examples/jupyter_server_config.py loads, and every setting in it exists and validates."""
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from kernelprovider.provisioner import ContainerProvisioner
+    from kernelprovider.slurm import SlurmProvisioner
+
+    sample = Path(__file__).resolve().parents[2] / "examples" / "jupyter_server_config.py"
+    config = PyFileConfigLoader(sample.name, str(sample.parent)).load_config()
+    # jupyter_server's kernel manager is AsyncMappingKernelManager, a MappingKernelManager:
+    # settings of the "MappingKernelManager" section reach it.
+    classes = {
+        "ContainerProvisioner": ContainerProvisioner,
+        "SlurmProvisioner": SlurmProvisioner,
+        "MappingKernelManager": AsyncMappingKernelManager,
+    }
+    assert set(config) <= set(classes), set(config) - set(classes)
+    for section, values in config.items():
+        traits = classes[section].class_traits(config=True)
+        assert set(values) <= set(traits), f"{section}: {set(values) - set(traits)}"
+    # Loading the config runs each trait's own validation; the values arrive as written.
+    slurm = SlurmProvisioner(config=config)
+    for section in ("ContainerProvisioner", "SlurmProvisioner"):
+        for name, value in config[section].items():
+            assert getattr(slurm, name) == value, name
+    manager = AsyncMappingKernelManager(config=config)
+    for name, value in config.MappingKernelManager.items():
+        assert getattr(manager, name) == value, name
+    assert config.SlurmProvisioner.partition == "gpu"
+    assert config.MappingKernelManager.use_pending_kernels is True
