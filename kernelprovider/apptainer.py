@@ -27,6 +27,7 @@ __all__ = [
     "gpu_flags",
     "build_exec_argv",
     "container_env",
+    "env_is_evaluated",
     "env_prefix",
     "image_kind",
     "check_image",
@@ -85,6 +86,18 @@ def _check_path_text(path: str, what: str, value: str) -> None:
         )
 
 
+def _check_separators(bind: Bind) -> None:
+    # Binds the provisioner makes from paths (working directory, connection directory) skip
+    # parse_bind; apptainer would split them just the same.
+    for path in (bind.src, bind.dst):
+        if "," in path or ":" in path:
+            raise InvalidBind(
+                f"Cannot bind {path!r} into the container: it contains ',' or ':', which "
+                "apptainer reads as separators. Use a directory without them (for a "
+                "notebook: rename or move its folder)."
+            )
+
+
 def parse_bind(value: str) -> Bind:
     """Parse ``SRC[:DST[:OPTS]]`` the way apptainer does, refusing what it would misread.
 
@@ -93,6 +106,8 @@ def parse_bind(value: str) -> Bind:
     """
     if not value or not value.strip():
         raise InvalidBind("Empty bind specification. Use SRC[:DST[:ro|rw]].")
+    if "\0" in value:  # before expanduser, which raises a bare ValueError on it
+        raise InvalidBind(f"Bind {value!r} contains a NUL byte.")
     parts = value.split(":")
     if len(parts) > 3:
         raise InvalidBind(
@@ -133,7 +148,8 @@ def build_exec_argv(
 
     Every option stands before the image (apptainer stops reading its own options there),
     GPU flags first so ``--nv`` is never lost behind a site's extra arguments. Duplicate
-    binds (same source and destination) are given once.
+    binds (same source and destination) are given once. A bind path with ',' or ':' (the
+    working directory, say) raises InvalidBind: apptainer would split it.
     """
     argv = [runtime, "exec", *gpu_flags(gpu)]
     if cleanenv:
@@ -146,6 +162,7 @@ def build_exec_argv(
         if key in seen:
             continue
         seen.add(key)
+        _check_separators(bind)
         argv += ["--bind", bind.spec()]
     if pwd:
         argv += ["--pwd", pwd]
@@ -160,13 +177,38 @@ def env_prefix(flavor: str) -> str:
     return "SINGULARITYENV_" if flavor == "singularity" else "APPTAINERENV_"
 
 
-def container_env(flavor: str, env: Mapping[str, str]) -> dict[str, str]:
+def env_is_evaluated(extra_args: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """False when the runtime runs with ``--no-eval`` (flag or ``*_NO_EVAL`` variable).
+
+    Without it, apptainer (and SingularityCE >= 3.6) expand ``{APPTAINER,SINGULARITY}ENV_``
+    values like a double-quoted shell word as the container starts.
+    """
+    if any(a == "--no-eval" or a.lower() in ("--no-eval=true", "--no-eval=1") for a in extra_args):
+        return False
+    for name in ("APPTAINER_NO_EVAL", "SINGULARITY_NO_EVAL"):
+        if environ.get(name, "").strip().lower() in ("1", "t", "true"):
+            return False
+    return True
+
+
+def _escape_for_eval(value: str) -> str:
+    # The runtime writes `export KEY="value"` (escaping only '"') and sources it: '$', '`'
+    # and '\' would run commands or expand variables, so they are escaped to stay literal.
+    return value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+
+
+def container_env(flavor: str, env: Mapping[str, str], *, evaluated: bool = True) -> dict[str, str]:
     """Map variables meant for the container to the ``{APPTAINER,SINGULARITY}ENV_`` form.
 
     Those survive ``--cleanenv`` and keep values out of argv (where ``ps`` shows them).
+    Values arrive literally: escaped for the runtime's shell evaluation unless
+    ``evaluated`` is False (``--no-eval``, see :func:`env_is_evaluated`).
     """
     prefix = env_prefix(flavor)
-    return {prefix + name: str(value) for name, value in env.items()}
+    return {
+        prefix + name: _escape_for_eval(str(value)) if evaluated else str(value)
+        for name, value in env.items()
+    }
 
 
 def is_image_uri(image: str) -> bool:
@@ -199,6 +241,11 @@ def check_image(image: str, kernel_name: str = "") -> str | None:
         return None
     where = f" (kernel {kernel_name})" if kernel_name else ""
     if not os.path.exists(image):
+        if os.path.islink(image):
+            raise ImageNotFound(
+                f"Image {image} is a symlink that leads nowhere (dangling, or a loop){where}. "
+                "Fix the link or point the kernelspec at the image file itself."
+            )
         raise ImageNotFound(
             f"Image {image} not found{where}. Check the path in the kernelspec or run "
             "'jupyter kernelprovider list'."
@@ -226,8 +273,13 @@ def check_image(image: str, kernel_name: str = "") -> str | None:
 
 
 def check_bind_sources(binds: Iterable[Bind]) -> None:
-    """Raise BindSourceNotFound for the first bind whose source is missing on this host."""
+    """Raise BindSourceNotFound for the first bind whose source is missing on this host.
+
+    Also InvalidBind for a path apptainer would split (',' or ':'): both provisioners call
+    this before anything starts (or is submitted to Slurm).
+    """
     for bind in binds:
+        _check_separators(bind)
         if not os.path.exists(bind.src):
             raise BindSourceNotFound(
                 f"Bind source {bind.src} does not exist on this host (bind {bind.spec()}). "

@@ -38,8 +38,13 @@ def make_kernel_cmd(python: str = "python3") -> list[str]:
 
 
 def valid_kernel_name(name: str) -> bool:
-    """Kernel names jupyter_client accepts: letters, digits, '.', '_', '-'."""
-    return bool(_NAME_RE.match(name))
+    """Kernel names jupyter_client accepts: letters, digits, '.', '_', '-'; not only dots.
+
+    Stricter than jupyter_client on two points that make the name a path elsewhere: '.' and
+    '..' (KernelSpecManager would replace the kernels directory or its parent), and a
+    trailing newline (which '$' lets through).
+    """
+    return bool(_NAME_RE.fullmatch(name)) and name.strip(".") != ""
 
 
 def provisioner_config(**values: Any) -> dict[str, Any]:
@@ -109,7 +114,8 @@ def install_kernelspec(
     """
     if not valid_kernel_name(name):
         raise ValueError(
-            f"Kernel name {name!r} may contain only letters, digits, '.', '_' and '-'."
+            f"Kernel name {name!r} may contain only letters, digits, '.', '_' and '-' "
+            "(and not only dots)."
         )
     ksm = ksm or KernelSpecManager()
     with tempfile.TemporaryDirectory() as tmp:

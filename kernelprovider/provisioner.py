@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from .apptainer import (
     check_bind_sources,
     check_image,
     container_env,
+    env_is_evaluated,
     find_runtime_async,
     is_image_uri,
     parse_bind,
@@ -38,6 +40,8 @@ from .gpu import driver_dir_for, host_facts, visible_gpus
 from .image import image_facts_async
 
 __all__ = ["ContainerProvisioner", "LogTail", "explain_exit", "local_host_facts"]
+
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: Where apptainer --nv puts the host driver's libraries inside the container.
 NV_LIBS = "/.singularity.d/libs"
@@ -198,6 +202,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
     @validate("image")
     def _validate_image(self, proposal: dict[str, Any]) -> str:
         value = proposal["value"]
+        if "\0" in value:
+            raise TraitError(f"image {value!r} contains a NUL byte; use the .sif file's path.")
         if value and not is_image_uri(value):
             value = os.path.expanduser(value)
             if not os.path.isabs(value):
@@ -219,13 +225,12 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
     @validate("container_env")
     def _validate_container_env(self, proposal: dict[str, Any]) -> dict[str, str]:
         for name in proposal["value"]:
-            if (
-                not name
-                or not (name[0].isalpha() or name[0] == "_")
-                or not all(c.isalnum() or c == "_" for c in name)
-            ):
+            # ASCII only: apptainer sources `export NAME=...`, and one name its shell refuses
+            # ("invalid var name", e.g. a non-ASCII letter) silently drops every variable.
+            if not _VAR_NAME.fullmatch(name):
                 raise TraitError(
-                    f"container_env: {name!r} is not a valid variable name (letters, digits, _)."
+                    f"container_env: {name!r} is not a valid variable name (ASCII letters, "
+                    "digits and _, not starting with a digit)."
                 )
         return proposal["value"]
 
@@ -439,7 +444,11 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         kwargs["cwd"] = cwd
         kwargs["env"].update(runtime_vars)
         kwargs["env"].update(
-            container_env(self.runtime_info.flavor, {**gpu_vars, **self.container_variables()})
+            container_env(
+                self.runtime_info.flavor,
+                {**gpu_vars, **self.container_variables()},
+                evaluated=env_is_evaluated(self.extra_args, kwargs["env"]),
+            )
         )
         kwargs["stderr"] = subprocess.PIPE
         self.log.info(
