@@ -69,7 +69,7 @@ _install_aliases = {
     "gpu": "InstallApp.gpu",
     "runtime": "InstallApp.runtime",
     "env": "InstallApp.container_env",
-    "extra-arg": "InstallApp.extra_args",
+    "extra-arg": "InstallApp.exec_args",
     "python": "InstallApp.python",
     "interrupt-mode": "InstallApp.interrupt_mode",
     "prefix": "InstallApp.prefix",
@@ -137,7 +137,8 @@ class InstallApp(_KernelSpecApp):
     container_env = Dict(
         value_trait=Unicode(), help="Variables inside the container, --env KEY=VALUE."
     ).tag(config=True)
-    extra_args = List(Unicode(), help="Extra arguments for 'exec' (repeatable).").tag(config=True)
+    # Not named extra_args: traitlets keeps the positional arguments under that name.
+    exec_args = List(Unicode(), help="Extra arguments for 'exec' (repeatable).").tag(config=True)
     compat_check = CaselessStrEnum(
         ["enforce", "warn", "off"],
         default_value=None,
@@ -210,7 +211,7 @@ class InstallApp(_KernelSpecApp):
             runtime=self.runtime or None,
             binds=list(self.binds),
             container_env=dict(self.container_env),
-            extra_args=list(self.extra_args),
+            extra_args=list(self.exec_args),
             compat_check=self.compat_check,
             driver_dir=self.driver_dir or None,
             cuda_dir=self.cuda_dir or None,
@@ -230,6 +231,8 @@ class InstallApp(_KernelSpecApp):
         """Validate the options, then install through KernelSpecManager.install_kernel_spec."""
         if not self.image:
             self.fail("--image is required, e.g. --image /software/images/tf-1.8-cuda-9.2.sif")
+        if self.extra_args:
+            self.fail(f"unexpected argument(s) {' '.join(self.extra_args)!r}; see --help.")
         if self.kernel_name and not valid_kernel_name(self.kernel_name):
             self.fail(f"--name {self.kernel_name!r}: use only letters, digits, '.', '_' and '-'.")
         try:

@@ -496,14 +496,9 @@ class ScanApp(InstallApp):
         return KernelSpecManager(parent=self, data_dir=self.data_dir, log=log)
 
     def parse_command_line(self, argv: Any = None) -> None:
-        """Keep the positional directories apart from InstallApp's ``extra_args`` trait.
-
-        Called by ``initialize``. InstallApp's exec arguments (``--extra-arg``) share the name
-        ``extra_args`` with traitlets' positional arguments, so the two are split here.
-        """
+        """Take the positional arguments as the directories to scan; called by ``initialize``."""
         super().parse_command_line(argv)
         self.directories = list(self.extra_args)
-        self.extra_args = list(self.cli_config.get("InstallApp", {}).get("extra_args", []))
 
     def kernels_dir(self) -> str:
         """The directory the kernelspecs go to: what install_kernel_spec picks for the same

@@ -84,3 +84,28 @@ def test_build_kernelspec_shape() -> None:
 )
 def test_name_from_image(image: str, name: str) -> None:
     assert name_from_image(image) == name
+
+
+def test_cli_refuses_a_stray_argument(tmp_path: Path) -> None:
+    """A positional argument is a typo, not an exec argument to write into kernel.json."""
+    image = tmp_path / "x.sif"
+    image.write_bytes(b"#!/usr/bin/env run-singularity\n\0SIF_MAGIC\0" + b"\0" * 2000)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kernelprovider.app",
+            "install",
+            "--image",
+            str(image),
+            "--prefix",
+            str(tmp_path / "p"),
+            "stray",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "unexpected argument(s) 'stray'" in proc.stderr
+    assert not (tmp_path / "p").exists()
