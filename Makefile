@@ -4,7 +4,7 @@ VENV := build/venv
 PY := $(VENV)/bin/python
 export KP_REQUIRE_RUNTIME := 1
 
-.PHONY: demo test unit lint testenv slurm venv bench clean docs soak
+.PHONY: demo test unit lint testenv slurm hub venv bench clean docs soak
 
 $(PY): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV) || (apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
@@ -20,6 +20,10 @@ testenv:
 slurm:
 	bash scripts/slurm-cluster.sh start
 
+# JupyterHub's configurable-http-proxy (npm) and Debian's chromium for the browser test
+hub: venv
+	bash scripts/setup-hub.sh
+
 demo: venv testenv
 	$(PY) scripts/demo.py
 
@@ -29,7 +33,7 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-test: venv testenv slurm lint
+test: venv testenv slurm hub lint
 	$(PY) -m pytest -q -rs
 
 bench: venv testenv slurm
