@@ -95,8 +95,9 @@ def fmt_s(values: Sequence[float]) -> str:
 # --- one measurement each ------------------------------------------------------------------
 
 
-async def slurm_alone(partition: str, gpus: str) -> tuple[float, float]:
-    """Slurm's own time for an allocation and one step in it: (sbatch->RUNNING, srun true)."""
+async def slurm_alone(partition: str, gpus: str) -> tuple[float, float, float]:
+    """Slurm's own times for an allocation and a step in it, with nothing else in between:
+    (sbatch round trip, sbatch->RUNNING seen by squeue every 20 ms, srun --overlap true)."""
     t0 = time.monotonic()
     gres = [f"--gres=gpu:{gpus}"] if gpus not in ("", "0") else []
     rc, out, err = await sh(
@@ -113,6 +114,7 @@ async def slurm_alone(partition: str, gpus: str) -> tuple[float, float]:
     )
     if rc != 0:
         raise SystemExit(f"sbatch failed: {err.strip()}")
+    submit = time.monotonic() - t0
     job = out.strip().split(";")[0]
     try:
         while (await sh("squeue", "-h", "-j", job, "-o", "%T"))[1].strip() != "RUNNING":
@@ -120,9 +122,19 @@ async def slurm_alone(partition: str, gpus: str) -> tuple[float, float]:
         alloc = time.monotonic() - t0
         t1 = time.monotonic()
         await sh("srun", f"--jobid={job}", "--overlap", "-N1", "-n1", "true")
-        return alloc, time.monotonic() - t1
+        return submit, alloc, time.monotonic() - t1
     finally:
         await sh("scancel", job)
+
+
+async def seen_running(job_name: str) -> float:
+    """When squeue (asked every 20 ms, independently of the provisioner) first lists the job
+    named ``job_name`` as RUNNING."""
+    while True:
+        rc, out, _ = await sh("squeue", "-h", "-n", job_name, "-o", "%T")
+        if out.strip() == "RUNNING":
+            return time.monotonic()
+        await asyncio.sleep(0.02)
 
 
 async def bare_srun(partition: str) -> float:
@@ -141,13 +153,15 @@ async def bare_srun(partition: str) -> float:
     return time.monotonic() - t0
 
 
-async def start_ready(kernel_name: str, work: str, manager: Any = None) -> tuple[Any, Any, float]:
+async def start_ready(
+    kernel_name: str, work: str, manager: Any = None, kernel_id: str | None = None
+) -> tuple[Any, Any, float]:
     """Start a kernel; (manager, ready client, seconds until start_kernel returned)."""
     from jupyter_client import AsyncKernelManager
 
     km = (manager or AsyncKernelManager)(kernel_name=kernel_name)
     t0 = time.monotonic()
-    await km.start_kernel(kernel_id=new_kernel_id(), cwd=work)
+    await km.start_kernel(kernel_id=kernel_id or new_kernel_id(), cwd=work)
     listening = time.monotonic() - t0
     kc = km.client()
     kc.start_channels()
@@ -242,19 +256,25 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
         await stop(*(await start_ready(name, work))[:2])
 
     # -- start and restart, interleaved so drift hits every series alike
-    series = "alloc step bare start ready restart local local_ready pre queue locate boot"
+    series = (
+        "alloc step bare start ready restart local local_ready pre queue locate boot "
+        "slurm_own overhead detect"
+    )
     rows: dict[str, list[float]] = {k: [] for k in series.split()}
     for rep in range(args.reps):
         print(f"start/restart {rep + 1}/{args.reps} ...", flush=True)
-        alloc, step = await slurm_alone(args.partition, "1")
+        submit, alloc, step = await slurm_alone(args.partition, "1")
         rows["alloc"].append(alloc)
         rows["step"].append(step)
         rows["bare"].append(await bare_srun(args.partition))
 
+        kernel_id = new_kernel_id()
         t0 = time.monotonic()
-        km, kc, listening = await start_ready("kpbench-slurm", work)
+        watcher = asyncio.ensure_future(seen_running(f"kp-{kernel_id}"))
+        km, kc, listening = await start_ready("kpbench-slurm", work, kernel_id=kernel_id)
         rows["start"].append(listening)
         rows["ready"].append(time.monotonic() - t0)
+        running_seen = await asyncio.wait_for(watcher, 10)
         submitted = stamps.first("submitted Slurm job", t0)
         running = stamps.first("running on", t0)
         stepping = stamps.first("as a step of Slurm job", t0)
@@ -263,6 +283,12 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
             rows["queue"].append(running - submitted)
             rows["locate"].append(stepping - running)
             rows["boot"].append(t0 + listening - stepping)
+            # Slurm's own share of this very start: its sbatch round trip, the wait until
+            # the job ran (watched every 20 ms from outside), and one srun step
+            own = submit + (running_seen - submitted) + step
+            rows["slurm_own"].append(own)
+            rows["overhead"].append(listening - own)
+            rows["detect"].append(running - running_seen)
         t1 = time.monotonic()
         await km.restart_kernel()
         await kc.wait_for_ready(timeout=120)
@@ -275,9 +301,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
         rows["local_ready"].append(time.monotonic() - t0)
         await stop(km, kc)
 
-    overhead = [
-        s - a - p for s, a, p in zip(rows["start"], rows["alloc"], rows["step"], strict=True)
-    ]
+    overhead = rows["overhead"]
     beyond_boot = [o - loc for o, loc in zip(overhead, rows["local"], strict=True)]
     restart_ratio = statistics.median(rows["restart"]) / statistics.median(rows["local_ready"])
 
@@ -350,20 +374,22 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
         f"image {Path(args.image).name}; {args.reps} repetitions; medians (min-max)"
     )
     detail = [
-        ("sbatch -> RUNNING (Slurm alone, squeue every 20 ms)", rows["alloc"]),
-        ("srun --jobid --overlap true (Slurm alone)", rows["step"]),
-        ("bare srun true (new allocation + step)", rows["bare"]),
+        ("Slurm alone: sbatch -> RUNNING (squeue every 20 ms)", rows["alloc"]),
+        ("Slurm alone: srun --jobid --overlap true", rows["step"]),
+        ("Slurm alone: bare srun true (new allocation + step)", rows["bare"]),
         ("kernel start via SlurmProvisioner (listening)", rows["start"]),
         ("  of which: checks before sbatch", rows["pre"]),
-        ("  of which: sbatch -> seen RUNNING", rows["queue"]),
+        ("  of which: sbatch -> RUNNING seen by the provisioner", rows["queue"]),
         ("  of which: node lookup, step argv", rows["locate"]),
-        ("  of which: srun + apptainer + ipykernel up", rows["boot"]),
+        ("  of which: srun + apptainer + ipykernel listening", rows["boot"]),
+        ("  Slurm's own share (same job, watched from outside)", rows["slurm_own"]),
+        ("  provisioner's RUNNING detection lag", rows["detect"]),
         ("kernel start via SlurmProvisioner (kernel_info ready)", rows["ready"]),
         ("local cold start via ContainerProvisioner (listening)", rows["local"]),
         ("local cold start via ContainerProvisioner (ready)", rows["local_ready"]),
         ("restart inside the allocation (ready)", rows["restart"]),
-        ("provisioner overhead beyond Slurm (start - alloc - step)", overhead),
-        ("  same, beyond Slurm and the local container boot", beyond_boot),
+        ("overhead beyond Slurm's own (start - Slurm's share)", overhead),
+        ("  same, less the local container+kernel boot", beyond_boot),
     ]
     for label, values in detail:
         if values:

@@ -917,7 +917,7 @@ class SlurmProvisioner(ContainerProvisioner):
         # Look often at first (a free node starts the job within about a second, and every
         # tenth of a second shows in the user's start time), then back off to one look per
         # second for a job that really queues; kernels waiting together share each squeue.
-        delay = 0.02
+        delay = 0.05
         while True:
             job = await self.queue.job(self.job_id, max_age=delay)
             now = loop.time()
@@ -980,7 +980,8 @@ class SlurmProvisioner(ContainerProvisioner):
                     "(0 waits forever)."
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 1.4, 1.0)
+            if now - started > 3.0:
+                delay = min(delay * 1.5, 1.0)
 
     async def _locate_node(self) -> None:
         """Node name (from squeue) and the address the kernel binds (its NodeAddr)."""
