@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import string
 import subprocess
@@ -47,7 +48,8 @@ from kernelprovider.slurm import (
     build_srun_argv,
 )
 
-CANARY_DIR = Path(tempfile.mkdtemp(prefix="kp-canary-"))
+# Only named here (the strategies embed it); created and removed by the _canary_dir fixture.
+CANARY_DIR = Path(tempfile.gettempdir()) / f"kp-canary-{os.getpid()}-{secrets.token_hex(4)}"
 CANARY = CANARY_DIR / "CANARY"
 
 #: Fragments that do something in some shell; a value made of them must stay text.
@@ -118,6 +120,7 @@ SETTINGS = settings(
 
 @pytest.fixture(scope="module", autouse=True)
 def _canary_dir() -> Iterator[None]:
+    CANARY_DIR.mkdir(mode=0o755)
     yield
     shutil.rmtree(CANARY_DIR, ignore_errors=True)
 
@@ -125,7 +128,6 @@ def _canary_dir() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _no_canary() -> Iterator[None]:
     """Every test, whatever it ran, leaves the canary directory empty."""
-    CANARY_DIR.mkdir(exist_ok=True)
     yield
     left = sorted(p.name for p in CANARY_DIR.iterdir())
     assert not left, f"a shell interpreted a value: {left} appeared in {CANARY_DIR}"
