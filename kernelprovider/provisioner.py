@@ -39,7 +39,14 @@ from .errors import (
 from .gpu import driver_dir_for, host_facts, visible_gpus
 from .image import image_facts_async
 
-__all__ = ["ContainerProvisioner", "LogTail", "explain_exit", "local_host_facts"]
+__all__ = [
+    "ContainerProvisioner",
+    "LogTail",
+    "explain_exit",
+    "local_host_facts",
+    "drop_host_python",
+    "HOST_PYTHON_VARS",
+]
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -47,6 +54,20 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NV_LIBS = "/.singularity.d/libs"
 _HOST_FACTS_TTL = 60.0
 _host_cache: tuple[float, HostFacts] | None = None
+
+
+#: The server's own Python settings; inside the image they point the image's Python at the
+#: server's packages (a cp312 pyzmq in a 3.11 kernel fails with "undefined symbol").
+HOST_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE")
+
+
+def drop_host_python(env: dict[str, str]) -> None:
+    """Remove the server's Python variables from the environment handed to the runtime.
+
+    A kernelspec that needs one inside the container sets it in ``container_env``.
+    """
+    for name in HOST_PYTHON_VARS:
+        env.pop(name, None)
 
 
 async def local_host_facts() -> HostFacts:
@@ -395,7 +416,7 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         Called by pre_launch after the image and runtime checks: node facts, verdicts
         (which may stop the launch), driver/CUDA directories, GPU selection.
         """
-        if self.gpu == "none" and not self.cuda_dir:
+        if self.gpu == "none" and not self.cuda_dir and not self.driver_dir:
             return [], {}, {}
         needs_host = (self.compat_check != "off" and self.gpu != "none") or bool(self.driver_dir)
         host = await self.node_facts() if needs_host else HostFacts(node="")
@@ -442,6 +463,7 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise
         kwargs["cmd"] = argv
         kwargs["cwd"] = cwd
+        drop_host_python(kwargs["env"])
         kwargs["env"].update(runtime_vars)
         kwargs["env"].update(
             container_env(

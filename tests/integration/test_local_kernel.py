@@ -173,7 +173,10 @@ async def test_server_python_settings_stay_outside(
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=60)
-        code = "import os; print(os.environ.get('PYTHONPATH'), os.environ.get('PYTHONHOME'), os.environ.get('KP_FROM_SPEC'))"
+        code = (
+            "import os; print(os.environ.get('PYTHONPATH'), os.environ.get('PYTHONHOME'), "
+            "os.environ.get('KP_FROM_SPEC'))"
+        )
         content, out = await run_cell(kc, code)
         assert content["status"] == "ok"
         assert out.split() == ["None", "None", "yes"]
