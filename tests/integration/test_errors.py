@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 import tornado
 from jupyter_client import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import TraitError
 
 from kernelprovider.errors import (
@@ -25,7 +27,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 async def start(name: str, cwd: Path) -> AsyncKernelManager:
-    km = AsyncKernelManager(kernel_name=name)
+    """Start as jupyter_server does: the connection file goes to the runtime directory."""
+    runtime = Path(jupyter_runtime_dir())
+    km = AsyncKernelManager(
+        kernel_name=name, connection_file=str(runtime / f"kernel-{uuid.uuid4()}.json")
+    )
     await km.start_kernel(cwd=str(cwd))
     return km
 
