@@ -10,10 +10,21 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Instance, Int, List, Unicode, default
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Instance,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+)
 
 from . import __version__
-from .apptainer import check_image, parse_bind
+from .apptainer import check_image
 from .errors import KernelProviderError
 from .kernelspec import (
     PROVISIONER_NAME,
@@ -42,6 +53,21 @@ def name_from_image(image: str) -> str:
     stem = re.sub(r"\.(sif|simg|img|sqsh|squashfs)$", "", stem, flags=re.IGNORECASE)
     name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.")
     return name or "container"
+
+
+def validated_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run a kernelspec's provisioner config through the provisioner's own trait validation.
+
+    Called by ``install`` and ``scan`` before writing, so a value that every kernel start
+    would refuse (a relative bind, a bad variable name) is refused now, with the same words.
+    """
+    prov = spec["metadata"]["kernel_provisioner"]
+    if prov["provisioner_name"] == SLURM_PROVISIONER_NAME:
+        from .slurm import SlurmProvisioner as cls
+    else:
+        from .provisioner import ContainerProvisioner as cls
+    cls(kernel_id="validate", kernel_spec=None, **prov["config"])
+    return prov["config"]
 
 
 class _KernelSpecApp(JupyterApp):
@@ -235,13 +261,12 @@ class InstallApp(_KernelSpecApp):
             self.fail(f"unexpected argument(s) {' '.join(self.extra_args)!r}; see --help.")
         if self.kernel_name and not valid_kernel_name(self.kernel_name):
             self.fail(f"--name {self.kernel_name!r}: use only letters, digits, '.', '_' and '-'.")
-        try:
-            for bind in self.binds:
-                parse_bind(bind)
-            check_image(os.path.abspath(os.path.expanduser(self.image)), self.kernel_name)
-        except KernelProviderError as e:
-            self.fail(str(e))
         name, spec = self.build()
+        try:
+            config = validated_config(spec)
+            check_image(config["image"], name)
+        except (KernelProviderError, TraitError) as e:
+            self.fail(str(e))
         try:
             dest = install_kernelspec(
                 spec,

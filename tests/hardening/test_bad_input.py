@@ -626,24 +626,17 @@ def test_cli_refusals_are_one_line(cli_env: Path, args: list[str], says: str) ->
     assert "Installed" not in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py: install writes container_env names that every kernel start then refuses "
-    "(TraitError 'not a valid variable name'); it should refuse them itself",
-)
 def test_cli_refuses_an_env_name_the_provisioner_refuses(cli_env: Path) -> None:
     image = cli_env / "images" / "img.sif"
     image.write_bytes(SIF_HEADER)
-    code, _, err = run_cli(["install", f"--image={image}", "--name=k", "--env=1BAD=x"])
+    prefix = cli_env / "prefix"
+    code, _, err = run_cli(
+        ["install", f"--image={image}", "--name=k", "--env=1BAD=x", f"--prefix={prefix}"]
+    )
     assert code == 1
     assert "1BAD" in one_clear_line(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py: install runs check_image on os.path.abspath(image), so a docker:// or "
-    "oras:// image (supported by the provisioner) is refused as 'not found'",
-)
 def test_cli_installs_a_uri_image(cli_env: Path) -> None:
     prefix = cli_env / "prefix"
     code, _, err = run_cli(
