@@ -4,7 +4,7 @@ VENV := build/venv
 PY := $(VENV)/bin/python
 export KP_REQUIRE_RUNTIME := 1
 
-.PHONY: demo test unit lint testenv slurm hub venv bench clean docs soak
+.PHONY: demo test unit lint testenv slurm hub users venv bench clean docs soak
 
 $(PY): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV) || (apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
@@ -20,6 +20,10 @@ testenv:
 slurm:
 	bash scripts/slurm-cluster.sh start
 
+# unprivileged test users (kpuser1, kpuser2) with their own venv and /dev/fuse access
+users: venv testenv
+	bash scripts/setup-users.sh
+
 # JupyterHub's configurable-http-proxy (npm) and Debian's chromium for the browser test
 hub: venv
 	bash scripts/setup-hub.sh
@@ -33,7 +37,7 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-test: venv testenv slurm hub lint
+test: venv testenv slurm hub users lint
 	$(PY) -m pytest -q -rs
 
 bench: venv testenv slurm

@@ -137,7 +137,9 @@ write_config() {
         die "$CONF exists and was not written by this script; refusing to overwrite (KP_SLURM_FORCE=1 to override)"
     fi
     install -d -m 0755 "$CONF_DIR" "$STATE" "$STATE/run" "$LOG"
-    install -d -m 0700 "$STATE/ctld" "$STATE/slurmd"
+    install -d -m 0700 "$STATE/ctld"
+    # 0755: slurmstepd runs a non-root user's batch script from here (execve as that user)
+    install -d -m 0755 "$STATE/slurmd"
     # Memory advertised to Slurm: 3/4 of the real RAM (config_overrides trusts the file, so it
     # must not promise more than exists).
     local mem_mb
