@@ -104,6 +104,38 @@ async def test_start_and_execute_in_the_image_as_a_step_of_the_job(
     assert any(f"as a step of Slurm job {prov.job_id} on vm (127.0.0.1)" in m for m in lines)
 
 
+async def test_every_slurm_trait_reaches_sbatch_and_output_reaches_the_log(
+    slurm_kernel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    km, kc = await slurm_kernel(
+        gpus="1",
+        gpu_option="gpus",
+        account="proj-kp",
+        qos="normal",  # accepted and ignored here: no accounting storage
+        cpus_per_task=2,
+        mem="512M",
+        sbatch_args=["--comment=kp-trait-check"],
+    )
+    job = km.provisioner.job_id
+    show = scontrol("show", "job", job)
+    for field in (
+        "TresPerJob=gres:gpu:1",
+        "Account=proj-kp",
+        "NumCPUs=2",
+        "MinMemoryNode=512M",
+        "Comment=kp-trait-check",
+    ):
+        assert field in show, field
+    submitted = [r.getMessage() for r in caplog.records if "submitted Slurm job" in r.getMessage()]
+    assert "--qos=normal" in submitted[0]
+    # what the kernel writes to its stdout/stderr file descriptors lands in its log
+    reply, _ = await run_cell(kc, "import os; os.write(2, b'kp-marker-stderr\\n')")
+    assert reply["status"] == "ok"
+    log = Path(km.provisioner.files["log"])
+    assert wait_until(lambda: "kp-marker-stderr" in log.read_text(), 5)
+
+
 async def test_kernelspec_env_reaches_the_kernel(
     slurm_spec: Any, jupyter_dirs: dict[str, Path]
 ) -> None:
