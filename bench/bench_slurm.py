@@ -258,7 +258,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
     # -- start and restart, interleaved so drift hits every series alike
     series = (
         "alloc step bare start ready restart local local_ready pre queue locate boot "
-        "slurm_own overhead detect"
+        "slurm_own overhead detect local_restart"
     )
     rows: dict[str, list[float]] = {k: [] for k in series.split()}
     for rep in range(args.reps):
@@ -299,6 +299,10 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
         km, kc, listening = await start_ready("kpbench-local", work)
         rows["local"].append(listening)
         rows["local_ready"].append(time.monotonic() - t0)
+        t1 = time.monotonic()
+        await km.restart_kernel()
+        await kc.wait_for_ready(timeout=120)
+        rows["local_restart"].append(time.monotonic() - t1)
         await stop(km, kc)
 
     overhead = rows["overhead"]
@@ -388,6 +392,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
         ("local cold start via ContainerProvisioner (listening)", rows["local"]),
         ("local cold start via ContainerProvisioner (ready)", rows["local_ready"]),
         ("restart inside the allocation (ready)", rows["restart"]),
+        ("local restart via ContainerProvisioner (ready), for scale", rows["local_restart"]),
         ("overhead beyond Slurm's own (start - Slurm's share)", overhead),
         ("  same, less the local container+kernel boot", beyond_boot),
     ]
@@ -408,6 +413,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
     )
 
     med_over = statistics.median(overhead)
+    host_rss = scale["rss_per_kernel"] + scale["srun_rss_per_kernel"]
     a1, an = scale["attached_1"], scale["attached_n"]
     return [
         ("start overhead beyond Slurm's own", f"{med_over:.2f} s", "<= 1.0 s", med_over <= 1.0),
@@ -434,6 +440,12 @@ async def bench(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str
             f"{scale['rss_per_kernel']:.1f} MB",
             "<= 15 MB",
             scale["rss_per_kernel"] <= 15,
+        ),
+        (
+            "  same, plus its srun on the server host",
+            f"{host_rss:.1f} MB",
+            "<= 15 MB",
+            host_rss <= 15,
         ),
     ]
 
