@@ -411,12 +411,15 @@ class SlurmQueue:
         self._lock: asyncio.Lock | None = None
 
     @classmethod
-    def instance(cls, interval: float = 5.0) -> SlurmQueue:
-        """The queue of the running event loop (created on first use)."""
+    def instance(cls, interval: float | None = None) -> SlurmQueue:
+        """The queue of the running event loop (created on first use, default interval
+        5 s); the shortest interval any kernel asks for wins."""
         loop = asyncio.get_running_loop()
         queue = cls._instances.get(loop)
         if queue is None:
-            queue = cls._instances[loop] = cls(interval)
+            queue = cls._instances[loop] = cls(5.0 if interval is None else interval)
+        elif interval is not None:
+            queue.interval = min(queue.interval, interval)
         return queue
 
     def register(self, job_id: str) -> None:

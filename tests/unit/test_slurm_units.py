@@ -3,6 +3,7 @@ script, the environment filter, rejection messages, state directory checks, timi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -14,7 +15,9 @@ from traitlets import TraitError
 from kernelprovider.errors import StateDirError
 from kernelprovider.slurm import (
     JobInfo,
+    LeaseKeeper,
     SlurmProvisioner,
+    SlurmQueue,
     batch_script,
     build_sbatch_argv,
     build_srun_argv,
@@ -373,3 +376,24 @@ def test_files_live_in_the_state_dir(tmp_path: Path) -> None:
         "lease": str(tmp_path / "kernel-abc.lease"),
         "log": str(tmp_path / "kernel-abc.log"),
     }
+
+
+# --- per-loop singletons ---------------------------------------------------------------------
+
+
+def test_queue_and_lease_keeper_are_per_event_loop(tmp_path: Path) -> None:
+    async def grab(interval: float) -> tuple[SlurmQueue, SlurmQueue, LeaseKeeper]:
+        first = SlurmQueue.instance(interval)
+        again = SlurmQueue.instance(interval * 2)  # the shortest interval wins
+        keeper = LeaseKeeper.instance(30)
+        lease = tmp_path / "k.lease"
+        keeper.add(str(lease))
+        assert lease.exists() and lease.stat().st_mode & 0o777 == 0o600
+        keeper.discard(str(lease))
+        return first, again, keeper
+
+    q1, q1_again, k1 = asyncio.run(grab(3.0))
+    q2, _, k2 = asyncio.run(grab(4.0))
+    assert q1 is q1_again and q1.interval == 3.0
+    # a new loop (a test, a restarted server) never inherits a lock or task of a dead loop
+    assert q2 is not q1 and k2 is not k1 and q2.interval == 4.0
