@@ -426,37 +426,69 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         container_vars.update(selection_vars)
         return binds, runtime_vars, container_vars
 
+    async def check_launch(self, cwd: str) -> list[Bind]:
+        """The checks that need no kernel: image, runtime, bind sources; returns the binds.
+
+        Called by pre_launch (of this class and of SlurmProvisioner, before it submits a
+        job), so a mistake ends the start at once with a message instead of a kernel that
+        never answers or an allocation that waits for nothing.
+        """
+        if not self.image:
+            raise TraitError(
+                f"Kernel {self.kernel_name or '?'} has no image configured. Set 'image' in "
+                "the kernelspec's kernel_provisioner config."
+            )
+        check_image(self.image, self.kernel_name)
+        self.runtime_info = await find_runtime_async(self.runtime)
+        binds = [*self.connection_binds(cwd), *self.user_binds()]
+        check_bind_sources(binds)
+        return binds
+
+    async def container_command(
+        self, inner: list[str], cwd: str, binds: list[Bind], env: dict[str, str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """The runtime argv around ``inner`` and the variables the runtime needs.
+
+        Called by pre_launch once the node is known (here, or the allocated node in Slurm
+        mode): runs the GPU pre-flight (which may refuse the launch), then builds
+        ``apptainer exec ... IMAGE inner``. The variables include the container's own,
+        already in APPTAINERENV_/SINGULARITYENV_ form.
+        """
+        assert self.runtime_info is not None
+        gpu_binds, runtime_vars, gpu_vars = await self.gpu_setup(env)
+        argv = build_exec_argv(
+            self.runtime_info.path,
+            self.image,
+            inner,
+            gpu=self.gpu,
+            binds=[*binds, *gpu_binds],
+            pwd=cwd,
+            cleanenv=self.cleanenv,
+            contain=self.contain,
+            extra_args=self.extra_args,
+        )
+        variables = dict(runtime_vars)
+        variables.update(
+            container_env(
+                self.runtime_info.flavor,
+                {**gpu_vars, **self.container_variables()},
+                evaluated=env_is_evaluated(self.extra_args, env),
+            )
+        )
+        return argv, variables
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernelspec's argv in ``apptainer exec``; called by KernelManager before launch.
 
-        LocalProvisioner writes the connection file and formats the argv; then the image,
-        runtime and binds are checked here, so a mistake ends the start at once with a
-        message instead of a kernel that never answers.
+        LocalProvisioner writes the connection file and formats the argv; a failed check
+        removes that file again (it holds the key) before the error propagates.
         """
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         kwargs = await super().pre_launch(**kwargs)
         try:
-            if not self.image:
-                raise TraitError(
-                    f"Kernel {self.kernel_name or '?'} has no image configured. Set 'image' in "
-                    "the kernelspec's kernel_provisioner config."
-                )
-            check_image(self.image, self.kernel_name)
-            self.runtime_info = await find_runtime_async(self.runtime)
-            binds = [*self.connection_binds(cwd), *self.user_binds()]
-            check_bind_sources(binds)
-            gpu_binds, runtime_vars, gpu_vars = await self.gpu_setup(kwargs["env"])
-            binds += gpu_binds
-            argv = build_exec_argv(
-                self.runtime_info.path,
-                self.image,
-                self.inner_command(kwargs["cmd"]),
-                gpu=self.gpu,
-                binds=binds,
-                pwd=cwd,
-                cleanenv=self.cleanenv,
-                contain=self.contain,
-                extra_args=self.extra_args,
+            binds = await self.check_launch(cwd)
+            argv, variables = await self.container_command(
+                self.inner_command(kwargs["cmd"]), cwd, binds, kwargs["env"]
             )
         except Exception:
             await self._discard_connection()
@@ -464,15 +496,9 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         kwargs["cmd"] = argv
         kwargs["cwd"] = cwd
         drop_host_python(kwargs["env"])
-        kwargs["env"].update(runtime_vars)
-        kwargs["env"].update(
-            container_env(
-                self.runtime_info.flavor,
-                {**gpu_vars, **self.container_variables()},
-                evaluated=env_is_evaluated(self.extra_args, kwargs["env"]),
-            )
-        )
+        kwargs["env"].update(variables)
         kwargs["stderr"] = subprocess.PIPE
+        assert self.runtime_info is not None
         self.log.info(
             "Starting kernel %s in %s with %s (gpu=%s)",
             self.kernel_id,

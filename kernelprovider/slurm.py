@@ -15,7 +15,7 @@ import stat
 import subprocess
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,14 +34,8 @@ from traitlets import (
     validate,
 )
 
-from .apptainer import (
-    Bind,
-    build_exec_argv,
-    check_bind_sources,
-    check_image,
-    container_env,
-    find_runtime_async,
-)
+from .apptainer import Bind, container_env, env_is_evaluated
+from .compat import HostFacts
 from .errors import (
     KernelStartError,
     KernelStartTimeout,
@@ -51,6 +45,7 @@ from .errors import (
     SlurmSubmitError,
     StateDirError,
 )
+from .gpu import PROBE_SCRIPT, parse_probe_output
 from .provisioner import ContainerProvisioner, explain_exit
 
 __all__ = [
@@ -67,6 +62,7 @@ __all__ = [
     "slurm_env",
     "rejection_message",
     "ensure_state_dir",
+    "check_state_files",
     "tail_file",
 ]
 
@@ -340,9 +336,41 @@ def ensure_state_dir(path: str) -> str:
         )
     if stat.S_IMODE(st.st_mode) & 0o7777 != 0o700:
         os.chmod(path, 0o700)
-    if not os.access(path, os.W_OK):
-        raise StateDirError(f"State directory {path} is not writable; fix its permissions.")
+    # A real write, not os.access: root passes access() on a read-only or full filesystem.
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, b"kernelprovider state directory write test\n" * 4)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StateDirError(
+            f"Cannot write to the state directory {path}: {e.strerror}. Free space there or "
+            "set SlurmProvisioner.state_dir to a writable directory the GPU nodes share."
+        ) from e
+    finally:
+        _unlink(probe)
     return path
+
+
+def check_state_files(paths: Iterable[str]) -> None:
+    """Refuse to use a kernel's state file that someone planted as a symlink or non-file.
+
+    Called before a job is submitted: sbatch's --output follows symlinks, so a planted
+    kernel-<id>.log link would let Slurm write into another user's file.
+    """
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise StateDirError(
+                f"{path} is a symlink, not a regular file, or not yours; refusing to use it. "
+                "Remove it (someone may be trying to make Slurm write into their file)."
+            )
 
 
 def tail_file(path: str, lines: int = 30) -> str:
@@ -626,6 +654,16 @@ class SlurmProvisioner(ContainerProvisioner):
     def _state_dir_default(self) -> str:
         return os.path.join(jupyter_data_dir(), "kernelprovider")
 
+    @validate("state_dir")
+    def _validate_state_dir(self, proposal: dict[str, Any]) -> str:
+        value = os.path.expanduser(proposal["value"])
+        if not os.path.isabs(value):
+            raise TraitError(
+                f"state_dir must be an absolute path on a filesystem the GPU nodes share, not "
+                f"{proposal['value']!r}."
+            )
+        return value
+
     @validate("lease_seconds")
     def _validate_lease(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] < 10:
@@ -648,6 +686,7 @@ class SlurmProvisioner(ContainerProvisioner):
     _stopping = False
     _new_job = False
     _connection: dict[str, Any] | None = None
+    _facts: tuple[str | None, HostFacts] | None = None
 
     @property
     def files(self) -> dict[str, str]:
@@ -690,16 +729,9 @@ class SlurmProvisioner(ContainerProvisioner):
         cwd = os.path.abspath(kwargs.pop("cwd", None) or os.getcwd())
         extra_arguments = kwargs.pop("extra_arguments", [])
         kwargs = await KernelProvisionerBase.pre_launch(self, **kwargs)
-        if not self.image:
-            raise TraitError(
-                f"Kernel {self.kernel_name or '?'} has no image configured. Set 'image' in "
-                "the kernelspec's kernel_provisioner config."
-            )
-        check_image(self.image, self.kernel_name)
-        self.runtime_info = await find_runtime_async(self.runtime)
         ensure_state_dir(self.state_dir)
-        binds = [*self.connection_binds(cwd), *self.user_binds()]
-        check_bind_sources(binds)
+        check_state_files(self.files.values())
+        binds = await self.check_launch(cwd)
         self._prune_old_logs()
 
         self._new_job = False
@@ -715,31 +747,17 @@ class SlurmProvisioner(ContainerProvisioner):
             if self._new_job or isinstance(e, SlurmError):
                 await self._release()
             raise
+        finally:
+            self._set_reason("")
 
         # The kernel on the node writes F itself (its own ports and key); the manager reads
         # it from there, so the key never travels through argv, Slurm or the environment.
         km = self.parent
         conn = self.files["connection"]
         km.connection_file = conn
-        if self._connection:
-            # A restart: ipykernel removed F when the last kernel exited. Writing it back
-            # makes the new kernel bind the same ports with the same key, so clients stay.
-            _write_connection_file(conn, self._connection)
         kernel_cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
         inner = [a.replace(os.path.realpath(conn), conn) for a in kernel_cmd]
         inner = self.inner_command(inner) + [f"--ip={self.node_ip}"]
-        argv = build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args)
-        argv += build_exec_argv(
-            self.runtime_info.path,
-            self.image,
-            inner,
-            gpu=self.gpu,
-            binds=binds,
-            pwd=cwd,
-            cleanenv=self.cleanenv,
-            contain=self.contain,
-            extra_args=self.extra_args,
-        )
         # srun hands its own environment to the step, so it gets a short allowlist; the
         # kernelspec's "env" (already substituted by the base class) travels into the
         # container the same way container_env does.
@@ -748,14 +766,80 @@ class SlurmProvisioner(ContainerProvisioner):
             for k in (getattr(self.kernel_spec, "env", None) or {})
             if k in kwargs["env"]
         }
+        try:
+            # The GPU pre-flight probes the allocated node, so it runs here, in the job.
+            container_argv, variables = await self.container_command(
+                inner, cwd, binds, kwargs["env"]
+            )
+        except BaseException:
+            if self._new_job:
+                await self._release()
+            raise
+        if self._connection:
+            # A restart: ipykernel removed F when the last kernel exited. Writing it back
+            # makes the new kernel bind the same ports with the same key, so clients stay.
+            _write_connection_file(conn, self._connection)
+        argv = build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args) + container_argv
+        assert self.runtime_info is not None
         kwargs["env"] = slurm_env(
             kwargs["env"],
-            container_env(self.runtime_info.flavor, {**spec_env, **self.container_variables()}),
+            {
+                **container_env(
+                    self.runtime_info.flavor,
+                    spec_env,
+                    evaluated=env_is_evaluated(self.extra_args, kwargs["env"]),
+                ),
+                **variables,
+            },
         )
         kwargs["cmd"] = argv
         kwargs["cwd"] = cwd
         self.log.debug("Kernel %s: step argv %s", self.kernel_id, argv)
         return kwargs
+
+    async def node_facts(self) -> HostFacts:
+        """Driver and GPUs of the allocated node, from a probe step; cached per allocation.
+
+        Called by the GPU pre-flight (gpu_setup) once the job runs: the server's own host
+        says nothing about the GPU node.
+        """
+        if self._facts is not None and self._facts[0] == self.job_id:
+            return self._facts[1]
+        argv = [
+            *build_srun_argv(self.job_id, f"{self.job_name}-probe", "/", self.srun_args),
+            "sh",
+            "-c",
+            PROBE_SCRIPT,
+        ]
+        rc, out, err = await run(argv, timeout=60, env=slurm_env(os.environ, {}))
+        try:
+            facts = parse_probe_output(out, node=self.node)
+        except ValueError as e:
+            raise SlurmError(
+                f"Could not read the GPU driver on node {self.node} (Slurm job {self.job_id}, "
+                f"probe exit {rc}): {e} {err.strip()[-300:]}"
+            ) from e
+        self._facts = (self.job_id, facts)
+        self.log.info(
+            "Kernel %s: node %s has NVIDIA driver %s, GPUs: %s",
+            self.kernel_id,
+            self.node,
+            facts.driver or "none",
+            ", ".join(g.name for g in facts.gpus) or "none",
+        )
+        return facts
+
+    def gpu_selection(self, env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+        """Nothing from the server: Slurm chooses the node's GPUs (the step's
+        CUDA_VISIBLE_DEVICES and, where configured, its device cgroup)."""
+        return {}, {}
+
+    def _set_reason(self, reason: str) -> None:
+        # jupyter_server shows a kernel manager's `reason` in /api/kernels; while the job is
+        # pending it says why (with use_pending_kernels the model is visible meanwhile).
+        km = self.parent
+        if km is not None and hasattr(km, "reason"):
+            km.reason = reason
 
     def connection_binds(self, cwd: str) -> list[Bind]:
         """Slurm kernels read their connection file from the state directory."""
@@ -965,6 +1049,10 @@ class SlurmProvisioner(ContainerProvisioner):
                         "time_limit, account, qos) or ask your admins; the job was cancelled."
                     )
                 if job.reason != last_reason or now - last_log >= self.pending_log_interval:
+                    self._set_reason(
+                        f"Slurm job {self.job_id} {state}: {job.reason} "
+                        f"(expected start: {job.start})"
+                    )
                     self.log.info(
                         "Kernel %s: Slurm job %s %s (reason: %s, expected start: %s)",
                         self.kernel_id,

@@ -415,11 +415,6 @@ def test_slurm_values_are_literal_or_refused(trait, value) -> None:
     assert getattr(p, trait) == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="slurm.py: state_dir is not validated; a relative one breaks the lease and log "
-    "paths (sbatch --chdir) instead of being refused",
-)
 def test_relative_state_dir_is_refused() -> None:
     with pytest.raises(TraitError, match="absolute"):
         SlurmProvisioner(state_dir="relative/state")

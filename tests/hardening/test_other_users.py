@@ -338,16 +338,7 @@ def test_state_dir_planted_by_another_user_is_refused(
     "which",
     [
         "lease",
-        pytest.param(
-            "log",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="slurm.py: sbatch --output follows the planted kernel-<id>.log link "
-                "(slurmstepd appends '*** JOB n CANCELLED ***' to the victim's file), then "
-                "launch_kernel's O_NOFOLLOW open raises a bare OSError(ELOOP) outside its "
-                "try, so the allocation is never released",
-            ),
-        ),
+        "log",
         "json",
     ],
 )

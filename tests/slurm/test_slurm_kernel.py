@@ -28,6 +28,8 @@ from kp_slurm import (
 )
 from slurm_cluster import squeue_jobs
 
+from kernelprovider.errors import DriverIncompatible
+
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.timeout(120)]
 
 WHERE_AM_I = (
@@ -286,6 +288,8 @@ async def test_cli_installed_slurm_kernelspec_starts_on_the_cluster(
             "--gpus=1",
             "--time=20:00",
             f"--state-dir={state_dir}",
+            # the test node has no NVIDIA driver: 'enforce' would (rightly) refuse CUDA 9.2
+            "--compat-check=warn",
         ],
         capture_output=True,
         text=True,
@@ -317,3 +321,24 @@ async def test_cli_installed_slurm_kernelspec_starts_on_the_cluster(
         kc.stop_channels()
         await km.shutdown_kernel()
     assert wait_until(lambda: job_row(where["job"]) is None, 5)
+
+
+@pytest.mark.skipif(
+    os.path.exists("/proc/driver/nvidia/version"), reason="the test node has an NVIDIA driver"
+)
+async def test_enforce_judges_the_allocated_node_and_gives_the_job_back(
+    slurm_spec: Any, jupyter_dirs: dict[str, Path], state_dir: Path, caplog: Any
+) -> None:
+    """The verdict uses the node's facts (a probe step in the job), not the server's."""
+    name = slurm_spec("kp-slurm-enforce", compat_check="enforce")
+    km = AsyncKernelManager(kernel_name=name)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(DriverIncompatible) as e:
+        await km.start_kernel(kernel_id=new_kernel_id(), cwd=str(jupyter_dirs["work"]))
+    assert "kp-test.sif needs an NVIDIA GPU (CUDA 9.2) but node vm has no NVIDIA driver" in str(
+        e.value
+    )
+    assert any("node vm has NVIDIA driver none" in r.getMessage() for r in caplog.records)
+    job = km.provisioner.job_id or ""
+    assert [j for j in squeue_jobs(f"kp-{km.kernel_id}") if j["state"] != "COMPLETED"] == []
+    assert sorted(p.name for p in state_dir.iterdir() if not p.name.endswith(".log")) == [], job
