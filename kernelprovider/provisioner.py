@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import re
 import subprocess
@@ -35,6 +36,7 @@ from .errors import (
     KernelProviderError,
     KernelStartError,
     KernelStartTimeout,
+    StateDirError,
 )
 from .gpu import driver_dir_for, host_facts, visible_gpus
 from .image import image_facts_async
@@ -484,7 +486,18 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         removes that file again (it holds the key) before the error propagates.
         """
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
-        kwargs = await super().pre_launch(**kwargs)
+        try:
+            kwargs = await super().pre_launch(**kwargs)
+        except OSError as e:
+            conn = getattr(self.parent, "connection_file", "") or "the runtime directory"
+            await self._discard_connection()
+            if os.path.isfile(conn):  # the half-written file jupyter_client began
+                with contextlib.suppress(OSError):
+                    os.unlink(conn)
+            raise StateDirError(
+                f"Cannot write the kernel's connection file {conn}: {e.strerror}. Free space "
+                "there or point JUPYTER_RUNTIME_DIR at a writable directory."
+            ) from e
         try:
             binds = await self.check_launch(cwd)
             argv, variables = await self.container_command(
@@ -556,7 +569,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         km = self.parent
         if km is not None and hasattr(km, "cleanup_connection_file"):
             km.cleanup_connection_file()
-        await self.cleanup(restart=False)
+        if self.connection_info.get("shell_port"):
+            await self.cleanup(restart=False)  # returns the cached ports
         self.ports_cached = False
 
     def log_tail(self) -> str:

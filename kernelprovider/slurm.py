@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -335,7 +336,13 @@ def ensure_state_dir(path: str) -> str:
             "Remove it or set SlurmProvisioner.state_dir."
         )
     if stat.S_IMODE(st.st_mode) & 0o7777 != 0o700:
-        os.chmod(path, 0o700)
+        try:
+            os.chmod(path, 0o700)
+        except OSError as e:
+            raise StateDirError(
+                f"State directory {path} has mode {stat.S_IMODE(st.st_mode):o}, not 700, and "
+                f"cannot be changed ({e.strerror}); fix its permissions."
+            ) from e
     # A real write, not os.access: root passes access() on a read-only or full filesystem.
     probe = os.path.join(path, f".write-test-{os.getpid()}")
     try:
@@ -351,7 +358,8 @@ def ensure_state_dir(path: str) -> str:
             "set SlurmProvisioner.state_dir to a writable directory the GPU nodes share."
         ) from e
     finally:
-        _unlink(probe)
+        with contextlib.suppress(OSError):  # EROFS, not ENOENT, on a read-only filesystem
+            os.unlink(probe)
     return path
 
 
