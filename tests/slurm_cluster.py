@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from kernelprovider.slurm import FINISHED_STATES
+
 __all__ = [
     "SlurmCluster",
     "cancel_jobs",
@@ -50,20 +52,6 @@ _FIELDS = {
     "start": "%S",
     "time_limit": "%l",
 }
-# Slurm job states that are over (squeue lists them for MinJobAge seconds with -t all).
-FINISHED_STATES = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "TIMEOUT",
-    }
-)
 
 
 @dataclass(frozen=True)

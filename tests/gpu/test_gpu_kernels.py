@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from jupyter_client import AsyncKernelManager
+from kernel_helpers import run_cell
 
 from kernelprovider.compat import version_at_least
 from kernelprovider.errors import DriverIncompatible
@@ -84,20 +85,6 @@ print("memset", memset)
 """
 
 
-async def run_cell(kc: Any, code: str, timeout: float = 120) -> tuple[dict, str]:
-    """Execute ``code``; return the reply content and what it printed (tracebacks too)."""
-    out: list[str] = []
-
-    def on_output(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
-    return reply["content"], "".join(out)
-
-
 def printed(out: str) -> dict[str, str]:
     """``key value`` lines of a cell's output as a dict."""
     found = {}
@@ -143,7 +130,7 @@ async def test_cuda_through_nv_in_a_sif(gpu_images, install_kernel, jupyter_dirs
     try:
         argv = list(km.provisioner.process.args)
         assert "--nv" in argv
-        reply, out = await run_cell(kc, DRIVER_API)
+        reply, out = await run_cell(kc, DRIVER_API, timeout=120)
         print(out)
         assert reply["status"] == "ok", out
         facts = printed(out)
@@ -153,7 +140,7 @@ async def test_cuda_through_nv_in_a_sif(gpu_images, install_kernel, jupyter_dirs
         # the driver's libraries first, the image's own runtime directory after them
         assert facts["LD_LIBRARY_PATH"].startswith("/.singularity.d/libs:/opt/cudart/lib")
 
-        reply, out = await run_cell(kc, RUNTIME_API)
+        reply, out = await run_cell(kc, RUNTIME_API, timeout=120)
         print(out)
         assert reply["status"] == "ok", out
         facts = printed(out)
@@ -214,7 +201,7 @@ async def test_driver_directory_mode(
         lib = driver_dir / driver_version / "lib"
         assert ("--nv" in argv) == (gpu == "nv")
         assert f"{lib}:/nvlib:ro" in argv, argv
-        reply, out = await run_cell(kc, DRIVER_API + RUNTIME_API)
+        reply, out = await run_cell(kc, DRIVER_API + RUNTIME_API, timeout=120)
         print(out)
         assert reply["status"] == "ok", out
         facts = printed(out)

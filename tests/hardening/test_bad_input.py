@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from jupyter_client import AsyncKernelManager, AsyncMultiKernelManager
+from kernel_helpers import run_cell
 from traitlets import TraitError
 
 from kernelprovider.app import InstallApp, KernelProviderApp, name_from_image
@@ -722,19 +723,6 @@ def test_cli_subprocess_refusals_are_one_line(tmp_path: Path, args: list[str], s
 
 
 # --- (c) real kernels ---------------------------------------------------------------------
-
-
-async def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, str]:
-    out: list[str] = []
-
-    def on_output(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
-    return reply["content"], "".join(out)
 
 
 async def start_refused(name: str, cwd: Path, jupyter_dirs: dict[str, Path]) -> None:

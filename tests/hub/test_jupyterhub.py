@@ -11,7 +11,6 @@ server reads through ``c.Spawner.environment = {"JUPYTER_PATH": ...}``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import subprocess
@@ -27,9 +26,7 @@ import pytest
 requests = pytest.importorskip("requests")
 pytest.importorskip("jupyterhub")
 
-from integration.test_server import execute_request, free_port  # noqa: E402
-from tornado.httpclient import HTTPRequest  # noqa: E402
-from tornado.websocket import websocket_connect  # noqa: E402
+from integration.test_server import free_port, ws_execute_at  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -211,38 +208,6 @@ def wait_server_ready(hub: Hub, headers: dict[str, str]) -> None:
     raise RuntimeError(f"server of {USER} not ready: {hub.log.read_text()[-3000:]}")
 
 
-async def run_cell(url: str, headers: dict[str, str], code: str) -> tuple[str, str]:
-    """Execute ``code`` over the kernel websocket at ``url``; (reply status, stdout)."""
-    conn = await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=60))
-    msg = execute_request(code)
-    await conn.write_message(json.dumps(msg))
-    out: list[str] = []
-    status = None
-    while status is None:
-        raw = await asyncio.wait_for(conn.read_message(), 60)
-        assert raw is not None, "websocket closed"
-        reply = json.loads(raw)
-        if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
-            continue
-        if reply["msg_type"] == "stream":
-            out.append(reply["content"]["text"])
-        elif reply["msg_type"] == "execute_reply":
-            status = reply["content"]["status"]
-    # stdout may trail the reply on iopub; wait for the idle status that ends the request.
-    while True:
-        raw = await asyncio.wait_for(conn.read_message(), 60)
-        assert raw is not None, "websocket closed"
-        reply = json.loads(raw)
-        if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
-            continue
-        if reply["msg_type"] == "stream":
-            out.append(reply["content"]["text"])
-        elif reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle":
-            break
-    conn.close()
-    return status, "".join(out)
-
-
 def test_user_runs_the_scanned_kernel_through_jupyterhub(hub: Hub) -> None:
     session, xsrf = login(hub)
     # A token of the user's own, made through the Hub's API with the login cookie.
@@ -272,7 +237,7 @@ def test_user_runs_the_scanned_kernel_through_jupyterhub(hub: Hub) -> None:
     assert r.status_code == 201, r.text
     kernel_id = r.json()["id"]
     ws_url = f"ws://127.0.0.1:{hub.port}/user/{USER}/api/kernels/{kernel_id}/channels"
-    status, out = asyncio.run(run_cell(ws_url, headers, LABEL_CODE))
+    status, out = asyncio.run(ws_execute_at(ws_url, headers, LABEL_CODE))
     assert status == "ok"
     assert out.strip() == "1.8"
 

@@ -6,27 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 from jupyter_client import AsyncKernelManager
+from kernel_helpers import interrupt_running_cell, run_cell
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-async def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, str]:
-    """Execute ``code``; return the reply content and everything it printed to stdout."""
-    out: list[str] = []
-
-    def on_output(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
-    return reply["content"], "".join(out)
 
 
 def kernel_processes(km: AsyncKernelManager) -> list[psutil.Process]:
@@ -81,23 +67,9 @@ async def test_kernel_runs_inside_the_image(started, jupyter_dirs) -> None:
     assert any("ipykernel_launcher" in " ".join(p.cmdline()) for p in procs[1:])
 
 
-async def interrupt_running_cell(km: AsyncKernelManager, kc: Any, code: str) -> dict:
-    """Start ``code``, interrupt it, return the reply of the interrupted cell."""
-    msg_id = kc.execute(code)
-    await asyncio.sleep(2)
-    await km.interrupt_kernel()
-    reply = await kc.get_shell_msg(timeout=30)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = await kc.get_shell_msg(timeout=30)
-    # ipykernel aborts requests that arrive while it handles the error; a person's next
-    # cell comes later than that.
-    await asyncio.sleep(0.5)
-    return reply["content"]
-
-
 async def test_interrupt_then_next_cell(started) -> None:
     km, kc = started
-    reply = await interrupt_running_cell(km, kc, "while True: pass")
+    reply = await interrupt_running_cell(km.interrupt_kernel, kc, "while True: pass")
     assert reply["status"] == "error"
     assert reply["ename"] == "KeyboardInterrupt"
     content, out = await run_cell(kc, "print(6 * 7)")
@@ -150,7 +122,9 @@ async def test_message_mode_interrupt(images, install_kernel, jupyter_dirs):
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=60)
-        reply = await interrupt_running_cell(km, kc, "import time\nwhile True: time.sleep(0.01)")
+        reply = await interrupt_running_cell(
+            km.interrupt_kernel, kc, "import time\nwhile True: time.sleep(0.01)"
+        )
         assert reply["ename"] == "KeyboardInterrupt"
         content, out = await run_cell(kc, "print('alive')")
         assert out.strip() == "alive"

@@ -124,20 +124,19 @@ def execute_request(code: str) -> dict:
     }
 
 
-async def ws_execute(server: Server, kernel_id: str, code: str) -> tuple[str, str]:
-    """Run code over the kernel's websocket; return (reply status, stdout text)."""
-    url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels"
-    conn = await websocket_connect(
-        HTTPRequest(url, headers={"Authorization": f"token {TOKEN}"}, connect_timeout=30)
-    )
+async def ws_execute_at(url: str, headers: dict[str, str], code: str) -> tuple[str, str]:
+    """Execute ``code`` over the kernel websocket at ``url``; (reply status, stdout).
+
+    Reads until the kernel goes idle after the request: stdout on iopub may trail the reply.
+    """
+    conn = await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=60))
     msg = execute_request(code)
-    conn.write_message(json.dumps(msg))
-    out, status = [], None
-    deadline = asyncio.get_running_loop().time() + 60
-    while status is None or not out:
-        raw = await asyncio.wait_for(
-            conn.read_message(), deadline - asyncio.get_running_loop().time()
-        )
+    await conn.write_message(json.dumps(msg))
+    out: list[str] = []
+    status = None
+    idle = False
+    while status is None or not idle:
+        raw = await asyncio.wait_for(conn.read_message(), 60)
         assert raw is not None, "websocket closed"
         reply = json.loads(raw)
         if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
@@ -146,10 +145,16 @@ async def ws_execute(server: Server, kernel_id: str, code: str) -> tuple[str, st
             out.append(reply["content"]["text"])
         elif reply["msg_type"] == "execute_reply":
             status = reply["content"]["status"]
-            if status != "ok":
-                break
+        elif reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle":
+            idle = True
     conn.close()
     return status, "".join(out)
+
+
+async def ws_execute(server: Server, kernel_id: str, code: str) -> tuple[str, str]:
+    """Run code over the kernel's websocket through ``server``; (reply status, stdout)."""
+    url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels"
+    return await ws_execute_at(url, {"Authorization": f"token {TOKEN}"}, code)
 
 
 async def test_kernel_through_jupyter_server(images, install_kernel, server) -> None:

@@ -6,7 +6,6 @@ and by kp_child.py, the "server" process that the dead-man and re-attach tests k
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import psutil
 from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerFactory
+from kernel_helpers import interrupt_running_cell, run_cell  # noqa: F401 - re-exported
 
 from kernelprovider.slurm import SlurmProvisioner
 
@@ -30,33 +30,6 @@ def new_kernel_id() -> str:
 
 def job_prefix() -> str:
     return f"kp-{SESSION_PREFIX}-"
-
-
-async def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, str]:
-    """Execute ``code``; return the reply content and everything it printed to stdout."""
-    out: list[str] = []
-
-    def on_output(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
-    return reply["content"], "".join(out)
-
-
-async def interrupt_running_cell(interrupt: Any, kc: Any, code: str) -> dict:
-    """Start ``code``, call ``interrupt()``, return the reply of the interrupted cell."""
-    msg_id = kc.execute(code)
-    await asyncio.sleep(1.5)
-    await interrupt()
-    reply = await kc.get_shell_msg(timeout=30)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = await kc.get_shell_msg(timeout=30)
-    # ipykernel aborts requests that arrive while it handles the error
-    await asyncio.sleep(0.5)
-    return reply["content"]
 
 
 def slurm_steps(job_id: str) -> dict[str, str]:

@@ -1,0 +1,43 @@
+"""Helpers shared by the kernel tests: run a cell, interrupt a running one.
+
+A plain module (tests/ is on sys.path through the rootdir conftest), imported by the local,
+Slurm, GPU and hardening tests alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["run_cell", "interrupt_running_cell"]
+
+
+async def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, str]:
+    """Execute ``code``; return the reply content and what it printed (tracebacks too)."""
+    out: list[str] = []
+
+    def on_output(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
+    return reply["content"], "".join(out)
+
+
+async def interrupt_running_cell(
+    interrupt: Callable[[], Awaitable[Any]], kc: Any, code: str, running_for: float = 1.5
+) -> dict:
+    """Start ``code``, call ``interrupt()`` while it runs, return the interrupted cell's reply."""
+    msg_id = kc.execute(code)
+    await asyncio.sleep(running_for)
+    await interrupt()
+    reply = await kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = await kc.get_shell_msg(timeout=30)
+    # ipykernel aborts requests that arrive while it handles the error; a person's next
+    # cell comes later than that.
+    await asyncio.sleep(0.5)
+    return reply["content"]
