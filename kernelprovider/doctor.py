@@ -540,7 +540,7 @@ def kernel_report(
         _fail(report, "binds", str(e))
     runtime_vars: dict[str, str] = {}
     container_vars: dict[str, str] = {}
-    if node_known and not (prov.gpu == "none" and not prov.cuda_dir):
+    if node_known and prov.uses_gpu_setup:
         try:
             gpu_binds, container_vars = prov.driver_setup(host)
             binds += gpu_binds

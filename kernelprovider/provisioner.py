@@ -48,6 +48,7 @@ __all__ = [
     "local_host_facts",
     "drop_host_python",
     "HOST_PYTHON_VARS",
+    "listening",
 ]
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -410,6 +411,11 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             runtime_vars["NVIDIA_VISIBLE_DEVICES"] = visible_gpus(env) or "all"
         return runtime_vars, container_vars
 
+    @property
+    def uses_gpu_setup(self) -> bool:
+        """Whether a launch needs the GPU pre-flight (GPU passthrough or driver/CUDA dirs)."""
+        return self.gpu != "none" or bool(self.cuda_dir) or bool(self.driver_dir)
+
     async def gpu_setup(
         self, env: dict[str, str]
     ) -> tuple[list[Bind], dict[str, str], dict[str, str]]:
@@ -418,7 +424,7 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         Called by pre_launch after the image and runtime checks: node facts, verdicts
         (which may stop the launch), driver/CUDA directories, GPU selection.
         """
-        if self.gpu == "none" and not self.cuda_dir and not self.driver_dir:
+        if not self.uses_gpu_setup:
             return [], {}, {}
         needs_host = (self.compat_check != "off" and self.gpu != "none") or bool(self.driver_dir)
         host = await self.node_facts() if needs_host else HostFacts(node="")
@@ -551,7 +557,7 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
                 tail = self._tail.text() if self._tail else ""
                 await self.wait()
                 raise KernelStartError(explain_exit(code, tail))
-            if await _listening(transport, ip, port):
+            if await listening(transport, ip, port):
                 return
             if loop.time() > deadline:
                 tail = self._tail.text(0) if self._tail else ""
@@ -573,12 +579,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             await self.cleanup(restart=False)  # returns the cached ports
         self.ports_cached = False
 
-    def log_tail(self) -> str:
-        """The last lines the kernel wrote to stderr (for error messages and tests)."""
-        return self._tail.text(0) if self._tail else ""
 
-
-async def _listening(transport: str, ip: str, port: Any) -> bool:
+async def listening(transport: str, ip: str, port: Any) -> bool:
     """True when something accepts connections at the kernel's shell endpoint."""
     if transport == "ipc":
         return os.path.exists(f"{ip}-{port}")

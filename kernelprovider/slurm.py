@@ -47,7 +47,7 @@ from .errors import (
     StateDirError,
 )
 from .gpu import PROBE_SCRIPT, parse_probe_output
-from .provisioner import ContainerProvisioner, explain_exit
+from .provisioner import ContainerProvisioner, explain_exit, listening
 
 __all__ = [
     "SlurmProvisioner",
@@ -911,7 +911,7 @@ class SlurmProvisioner(ContainerProvisioner):
         conn_file = self.files["connection"]
         while True:
             info = _read_connection_file(conn_file)
-            if info and await _listening_at(info["ip"], info["shell_port"]):
+            if info and await listening("tcp", info["ip"], info["shell_port"]):
                 return info
             code = self.process.poll() if self.process else 0
             if code is not None:
@@ -1395,15 +1395,6 @@ def _write_connection_file(path: str, info: Mapping[str, Any]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(dict(info), f, indent=2)
-
-
-async def _listening_at(ip: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, int(port)), timeout=0.5)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    return True
 
 
 def _user() -> str:
