@@ -695,6 +695,7 @@ class SlurmProvisioner(ContainerProvisioner):
     _new_job = False
     _connection: dict[str, Any] | None = None
     _facts: tuple[str | None, HostFacts] | None = None
+    _usable_check: asyncio.Future[bool] | None = None
 
     @property
     def files(self) -> dict[str, str]:
@@ -745,7 +746,8 @@ class SlurmProvisioner(ContainerProvisioner):
         self._new_job = False
         self._stopping = False
         try:
-            if not await self._job_usable():
+            check, self._usable_check = self._usable_check, None
+            if not await (check if check is not None else self._job_usable()):
                 await self._submit()
                 self._new_job = True
             await self._wait_running()
@@ -1181,8 +1183,14 @@ class SlurmProvisioner(ContainerProvisioner):
         return code
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        """Note that a shutdown_request went out; called by KernelManager.request_shutdown."""
+        """Note that a shutdown_request went out; called by KernelManager.request_shutdown.
+
+        On a restart, the check that the allocation still stands starts now, while the old
+        kernel winds down, instead of after it (pre_launch then only collects the answer).
+        """
         self._stopping = True
+        if restart and self.job_id:
+            self._usable_check = asyncio.ensure_future(self._job_usable())
 
     async def send_signal(self, signum: int) -> None:
         """Signal the kernel on the node; called by KernelManager (interrupt_mode 'signal').
@@ -1243,6 +1251,9 @@ class SlurmProvisioner(ContainerProvisioner):
         self._stopping = False
         if restart:
             return
+        if self._usable_check is not None:
+            self._usable_check.cancel()
+            self._usable_check = None
         await self._release()
         if not self.keep_logs:
             _unlink(self.files["log"])
