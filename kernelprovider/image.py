@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, replace
@@ -494,27 +493,17 @@ def image_facts(
     allows one ``exec`` for facts the labels and environment lack. Raises ImageNotFound,
     ImageNotReadable, NotAContainerImage, RuntimeNotFound or TimeoutError.
     """
-    key = _image_key(path)
-    disk = _cache_path(cache_file, use_disk_cache)
-    cached = _cache_get(key, look_inside, disk)
-    if cached is not None:
-        return _named(cached, path)
-    exe = _resolve_runtime(runtime)
-    try:
-        rc, out, err = _run_sync(inspect_argv(exe, key[0]), timeout)
-    except subprocess.TimeoutExpired as e:
-        raise _timed_out(f"{os.path.basename(exe)} inspect", path, timeout) from e
-    if rc != 0:
-        raise _inspect_failed(exe, path, rc, err)
-    facts = _facts_from_inspect(exe, path, out, err)
-    if look_inside and _needs_inside(facts):
-        try:
-            _, inner, _ = _run_sync(inside_argv(exe, key[0]), timeout)
-            _merge_inside(facts, parse_inside_output(inner))
-        except (OSError, subprocess.SubprocessError) as e:
-            log.debug("Could not read version files inside %s: %s", path, e)
-    _cache_put(key, look_inside, disk, facts)
-    return facts
+    # One implementation: the async one, on a loop of its own (the CLI has none running).
+    return asyncio.run(
+        image_facts_async(
+            path,
+            runtime,
+            timeout=timeout,
+            look_inside=look_inside,
+            use_disk_cache=use_disk_cache,
+            cache_file=cache_file,
+        )
+    )
 
 
 def _kill_group(pid: int) -> None:
@@ -524,26 +513,6 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _run_sync(argv: list[str], timeout: float) -> tuple[int, str, str]:
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        proc.kill()
-        proc.communicate()
-        raise
-    return proc.returncode, out, err
 
 
 async def _run_async(argv: list[str], timeout: float) -> tuple[int, str, str]:

@@ -482,8 +482,7 @@ def test_async_variant_never_calls_subprocess_run(
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("subprocess.run inside async code")
 
-    monkeypatch.setattr(image.subprocess, "run", forbidden)
-    monkeypatch.setattr(image, "_run_sync", forbidden)
+    monkeypatch.setattr(subprocess, "run", forbidden)
     path = str(sif(tmp_path))
     facts = asyncio.run(image_facts_async(path, runtime, cache_file=tmp_path / "c.json"))
     assert (facts.cuda, facts.tensorflow) == ("9.2", "1.8")
