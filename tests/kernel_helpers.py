@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["run_cell", "interrupt_running_cell"]
+from jupyter_client import AsyncKernelManager
+
+__all__ = ["start_kernel", "run_cell", "interrupt_running_cell"]
+
+
+async def start_kernel(name: str, cwd: Path, timeout: float = 60) -> tuple[Any, Any]:
+    """Start kernel ``name`` in ``cwd`` as jupyter_server would; (manager, ready client)."""
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=timeout)
+    return km, kc
 
 
 async def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, str]:

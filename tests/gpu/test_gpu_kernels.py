@@ -13,12 +13,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from jupyter_client import AsyncKernelManager
-from kernel_helpers import run_cell
+from kernel_helpers import run_cell, start_kernel
 
 from kernelprovider.compat import version_at_least
 from kernelprovider.errors import DriverIncompatible
@@ -94,15 +93,6 @@ def printed(out: str) -> dict[str, str]:
     return found
 
 
-async def start(name: str, cwd: Path) -> tuple[AsyncKernelManager, Any]:
-    km = AsyncKernelManager(kernel_name=name)
-    await km.start_kernel(cwd=str(cwd))
-    kc = km.client()
-    kc.start_channels()
-    await kc.wait_for_ready(timeout=120)
-    return km, kc
-
-
 async def stop(km: AsyncKernelManager, kc: Any) -> None:
     kc.stop_channels()
     if await km.is_alive():
@@ -126,7 +116,7 @@ async def test_cuda_through_nv_in_a_sif(gpu_images, install_kernel, jupyter_dirs
     install_kernel(
         "kp-cuda", gpu_images.cuda, display_name="CUDA 12.4 (GPU)", gpu="nv", compat_check="warn"
     )
-    km, kc = await start("kp-cuda", jupyter_dirs["work"])
+    km, kc = await start_kernel("kp-cuda", jupyter_dirs["work"], timeout=120)
     try:
         argv = list(km.provisioner.process.args)
         assert "--nv" in argv
@@ -157,7 +147,7 @@ async def test_cpu_only_kernel_fails_fast_and_clearly(
     gpu_images, install_kernel, jupyter_dirs
 ) -> None:
     install_kernel("kp-cuda-cpu", gpu_images.cuda, gpu="none", compat_check="warn")
-    km, kc = await start("kp-cuda-cpu", jupyter_dirs["work"])
+    km, kc = await start_kernel("kp-cuda-cpu", jupyter_dirs["work"], timeout=120)
     try:
         assert "--nv" not in list(km.provisioner.process.args)
         code = (
@@ -195,7 +185,7 @@ async def test_driver_directory_mode(
         compat_check="warn",
         driver_dir=str(driver_dir / "{driver_version}"),
     )
-    km, kc = await start(f"kp-cuda-drvdir-{gpu}", jupyter_dirs["work"])
+    km, kc = await start_kernel(f"kp-cuda-drvdir-{gpu}", jupyter_dirs["work"], timeout=120)
     try:
         argv = list(km.provisioner.process.args)
         lib = driver_dir / driver_version / "lib"
@@ -215,7 +205,7 @@ async def test_driver_directory_mode(
 
 async def test_enforce_starts_a_matching_image(gpu_images, install_kernel, jupyter_dirs) -> None:
     install_kernel("kp-cuda-enforce", gpu_images.cuda, compat_check="enforce")
-    km, kc = await start("kp-cuda-enforce", jupyter_dirs["work"])
+    km, kc = await start_kernel("kp-cuda-enforce", jupyter_dirs["work"], timeout=120)
     try:
         assert await km.is_alive()
         assert [v.level for v in km.provisioner.verdicts] == ["ok", "ok"]

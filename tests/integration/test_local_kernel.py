@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 from jupyter_client import AsyncKernelManager
-from kernel_helpers import interrupt_running_cell, run_cell
+from kernel_helpers import interrupt_running_cell, run_cell, start_kernel
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -35,11 +35,7 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
 @pytest.fixture
 async def started(images, install_kernel, jupyter_dirs):
     name = install_kernel("kp-test", images.test, display_name="TF 1.8 / CUDA 9.2 (GPU)")
-    km = AsyncKernelManager(kernel_name=name)
-    await km.start_kernel(cwd=str(jupyter_dirs["work"]))
-    kc = km.client()
-    kc.start_channels()
-    await kc.wait_for_ready(timeout=60)
+    km, kc = await start_kernel(name, jupyter_dirs["work"])
     yield km, kc
     kc.stop_channels()
     if await km.is_alive():

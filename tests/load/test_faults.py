@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import pytest
 from jupyter_client import AsyncKernelManager
+from kernel_helpers import start_kernel
 
 from kernelprovider.errors import SlurmSubmitError, StateDirError
 from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
@@ -35,15 +36,6 @@ async def cell(kc: Any, code: str) -> str:
     reply = await kc.execute_interactive(code, timeout=60, output_hook=hook)
     assert reply["content"]["status"] == "ok", reply["content"]
     return "".join(out).strip()
-
-
-async def started(name: str, cwd: Path) -> tuple[AsyncKernelManager, Any]:
-    km = AsyncKernelManager(kernel_name=name)
-    await km.start_kernel(cwd=str(cwd))
-    kc = km.client()
-    kc.start_channels()
-    await kc.wait_for_ready(timeout=60)
-    return km, kc
 
 
 def squeue_names() -> set[str]:
@@ -76,7 +68,7 @@ def slurm_kernel(images, install_kernel, slurm_cluster, tmp_path) -> Any:
 @pytest.mark.slurm
 async def test_slurmctld_restart_while_kernels_run(slurm_kernel, jupyter_dirs) -> None:
     name = slurm_kernel("kp-fault-ctld")
-    kernels = [await started(name, jupyter_dirs["work"]) for _ in range(2)]
+    kernels = [await start_kernel(name, jupyter_dirs["work"]) for _ in range(2)]
     try:
         jobs = [km.provisioner.job_id for km, _ in kernels]
         subprocess.run(
@@ -132,7 +124,7 @@ async def test_slurmctld_down_at_start(slurm_kernel, jupyter_dirs, tmp_path, mon
 
 async def test_killed_container_is_detected_and_restartable(images, install_kernel, jupyter_dirs):
     name = install_kernel("kp-fault-kill", images.test, gpu="none")
-    km, kc = await started(name, jupyter_dirs["work"])
+    km, kc = await start_kernel(name, jupyter_dirs["work"])
     try:
         runtime = psutil.Process(km.provisioner.pid)
         inside = runtime.children(recursive=True)
