@@ -15,14 +15,23 @@
 # KP_SLURM_CPUS (CPUs advertised to Slurm, default 32 whatever the real count: lets ~20
 # one-CPU jobs run at once on a 2-core box), KP_SLURM_GPUS (gres gpu count, default 4),
 # KP_SLURM_START_TIMEOUT (seconds, default 60), KP_SLURM_FORCE=1 (overwrite an
-# /etc/slurm/slurm.conf that this script did not write).
+# /etc/slurm/slurm.conf that this script did not write), KP_SLURM_GPU_FILES (space-separated
+# real GPU device files, e.g. "/dev/nvidia0" on a GPU machine: gres.conf names them and the
+# node's Gres count is theirs; unset, the GPUs are KP_SLURM_GPUS symlinks to /dev/null).
 set -euo pipefail
 
 STATE=${KP_SLURM_STATE:-/var/lib/kernelprovider-slurm}
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 CPUS=${KP_SLURM_CPUS:-32}
-GPUS=${KP_SLURM_GPUS:-4}
+GPU_FILES=${KP_SLURM_GPU_FILES:-}
+if [ -n "$GPU_FILES" ]; then
+    # shellcheck disable=SC2086 # one device file per word
+    set -- $GPU_FILES
+    GPUS=$#
+else
+    GPUS=${KP_SLURM_GPUS:-4}
+fi
 START_TIMEOUT=${KP_SLURM_START_TIMEOUT:-60}
 MARKER="# Written by kernelprovider scripts/slurm-cluster.sh"
 NODE=$(hostname -s)
@@ -211,14 +220,23 @@ EOF
     # has no File= ("Removing file-less GPU"), and rejects a File= that is not a character or
     # block device; so each GPU is a symlink to /dev/null. Slurm derives CUDA_VISIBLE_DEVICES
     # from the trailing number, as it would for /dev/nvidiaN.
-    install -d -m 0755 "$STATE/fake-gpu"
-    local i
-    for i in $(seq 0 $((GPUS - 1))); do
-        ln -sfn /dev/null "$STATE/fake-gpu/gpu$i"
-    done
-    local gres="$MARKER
-AutoDetect=off
+    local i f gres="$MARKER
+AutoDetect=off"
+    if [ -n "$GPU_FILES" ]; then
+        # Real devices (a GPU machine): one line per file, in the order given.
+        for f in $GPU_FILES; do
+            [ -c "$f" ] || die "KP_SLURM_GPU_FILES: $f is not a character device"
+            gres="$gres
+NodeName=$NODE Name=gpu File=$f"
+        done
+    else
+        install -d -m 0755 "$STATE/fake-gpu"
+        for i in $(seq 0 $((GPUS - 1))); do
+            ln -sfn /dev/null "$STATE/fake-gpu/gpu$i"
+        done
+        gres="$gres
 NodeName=$NODE Name=gpu File=$STATE/fake-gpu/gpu[0-$((GPUS - 1))]"
+    fi
     if [ "$(cat "$CONF_DIR/gres.conf" 2>/dev/null)" != "$gres" ]; then
         CONFIG_CHANGED=1
         printf '%s\n' "$gres" >"$CONF_DIR/gres.conf"
