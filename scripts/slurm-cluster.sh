@@ -26,9 +26,7 @@ CONF=$CONF_DIR/slurm.conf
 CPUS=${KP_SLURM_CPUS:-32}
 GPU_FILES=${KP_SLURM_GPU_FILES:-}
 if [ -n "$GPU_FILES" ]; then
-    # shellcheck disable=SC2086 # one device file per word
-    set -- $GPU_FILES
-    GPUS=$#
+    GPUS=$(printf '%s\n' $GPU_FILES | grep -c .)
 else
     GPUS=${KP_SLURM_GPUS:-4}
 fi
