@@ -26,6 +26,7 @@ __all__ = [
     "parse_bind",
     "gpu_flags",
     "build_exec_argv",
+    "build_step_gpu_prelude",
     "container_env",
     "env_is_evaluated",
     "env_prefix",
@@ -209,6 +210,34 @@ def container_env(flavor: str, env: Mapping[str, str], *, evaluated: bool = True
         prefix + name: _escape_for_eval(str(value)) if evaluated else str(value)
         for name, value in env.items()
     }
+
+
+def build_step_gpu_prelude(flavor: str, gpu: str, cleanenv: bool) -> list[str]:
+    """``sh -c SCRIPT NAME`` to put in front of the runtime in a Slurm step; [] when none is needed.
+
+    The GPUs of a step are chosen on the node by slurmstepd (CUDA_VISIBLE_DEVICES,
+    SLURM_STEP_GPUS): the server never knows them, so it cannot pass them in as it does for
+    a local kernel. ``--cleanenv`` drops CUDA_VISIBLE_DEVICES, so on a site without device
+    cgroups (ConstrainDevices=no) the kernel would see every GPU of the node; ``--nvccli``
+    mounts the devices NVIDIA_VISIBLE_DEVICES names, "all" by default. The script, fixed
+    text with no configured value in it, copies the step's choice into the form the runtime
+    hands to the container and then execs the runtime with the argv that follows it.
+    """
+    if gpu == "none" or not (cleanenv or gpu == "nvccli"):
+        return []
+    lines = ['g="${CUDA_VISIBLE_DEVICES-}"']
+    if cleanenv:
+        name = env_prefix(flavor) + "CUDA_VISIBLE_DEVICES"
+        lines.append(f'if [ -n "$g" ]; then export {name}="$g"; fi')
+    if gpu == "nvccli":
+        # nvidia-container-cli counts GPUs as nvidia-smi does (the node's numbering), which
+        # is SLURM_STEP_GPUS; CUDA_VISIBLE_DEVICES is renumbered under device cgroups.
+        lines.append(
+            'if [ -z "${NVIDIA_VISIBLE_DEVICES-}" ]; then '
+            'export NVIDIA_VISIBLE_DEVICES="${SLURM_STEP_GPUS:-${g:-all}}"; fi'
+        )
+    lines.append('exec "$@"')
+    return ["/bin/sh", "-c", "; ".join(lines), "kp-step-gpus"]
 
 
 def is_image_uri(image: str) -> bool:

@@ -343,7 +343,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         self.image_facts = facts
         verdicts = evaluate(facts, host)
         for v in verdicts:
-            level = {"ok": 10, "warn": 30, "fail": 30}[v.level]
+            # ok at INFO: the log then says on which driver and GPU a kernel was judged.
+            level = {"ok": 20, "warn": 30, "fail": 30}[v.level]
             self.log.log(
                 level, "Kernel %s: compatibility %s: %s", self.kernel_id, v.level, v.reason
             )

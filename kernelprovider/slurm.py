@@ -35,7 +35,7 @@ from traitlets import (
     validate,
 )
 
-from .apptainer import Bind, container_env, env_is_evaluated
+from .apptainer import Bind, build_step_gpu_prelude, container_env, env_is_evaluated
 from .compat import HostFacts
 from .errors import (
     KernelStartError,
@@ -789,8 +789,12 @@ class SlurmProvisioner(ContainerProvisioner):
             # A restart: ipykernel removed F when the last kernel exited. Writing it back
             # makes the new kernel bind the same ports with the same key, so clients stay.
             _write_connection_file(conn, self._connection)
-        argv = build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args) + container_argv
         assert self.runtime_info is not None
+        argv = [
+            *build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args),
+            *build_step_gpu_prelude(self.runtime_info.flavor, self.gpu, self.cleanenv),
+            *container_argv,
+        ]
         kwargs["env"] = slurm_env(
             kwargs["env"],
             {
@@ -835,7 +839,10 @@ class SlurmProvisioner(ContainerProvisioner):
             self.kernel_id,
             self.node,
             facts.driver or "none",
-            ", ".join(g.name for g in facts.gpus) or "none",
+            ", ".join(
+                f"{g.name} (compute capability {g.compute_capability or '?'})" for g in facts.gpus
+            )
+            or "none",
         )
         return facts
 

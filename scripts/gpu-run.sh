@@ -14,12 +14,19 @@
 #                          nvidia-cuda-runtime-cu12 wheel) in /opt/cudart/lib; labels CUDA 12.4
 #   images/kp-cuda92.sif, kp-cuda132.sif, kp-cuda-future.sif
 #                          label-only images (CUDA 9.2 + TF 1.8, 13.2, 14.0) for verdicts
+#   slurm/*.deb            Debian 12's Slurm 22.05 (slurmctld, slurmd, client, plugins), munge
+#                          and the libraries they need that a CUDA base image may lack
 #   fallback/              unsquashfs + liblzo2, used only if the machine cannot mount a SIF
 # run (on the GPU machine: Ubuntu 24.04, Python 3.12, driver present, no network) installs
-# Apptainer and the wheels under /opt/kp-gpu and /tmp, prints the machine's facts, runs
-# `pytest tests/gpu -v` and `jupyter kernelprovider doctor` for the images, and writes
-# everything to OUTDIR (default: $OUT, else build/gpu-out): facts.txt, pytest.txt, doctor.txt,
-# gpu-run.log. It keeps going after a failed step so one call shows as much as possible.
+# Apptainer and the wheels under /opt/kp-gpu and /tmp, Slurm and munge (files the machine
+# already has are never overwritten), starts a one-node Slurm cluster whose gres.conf names
+# the real /dev/nvidiaN (scripts/slurm-cluster.sh with KP_SLURM_GPU_FILES), builds a PyTorch
+# image from the machine's own PyTorch (a sandbox directory: its /usr and /opt/torch bound
+# read-only, ipykernel from the wheels, labels from torch.version), prints the machine's
+# facts, runs `pytest tests/gpu -v` and `jupyter kernelprovider doctor` for the images, and
+# writes everything to OUTDIR (default: $OUT, else build/gpu-out): facts.txt, pytest.txt,
+# doctor.txt, gpu-run.log, slurm-gpu-notebook.ipynb. It keeps going after a failed step so
+# one call shows as much as possible.
 
 set -uo pipefail
 
@@ -28,6 +35,9 @@ CARRY="$REPO_ROOT/build/gpu-carry"
 # The nvidia-cuda-runtime-cu12 release whose libcudart goes into kp-cuda.sif (CUDA 12.4).
 CUDART_PIN=${KP_CUDART_PIN:-12.4.127}
 CUDART_CUDA=12.4
+# Slurm's daemons and client, munge, and their libraries outside a CUDA base image's set.
+SLURM_DEBS="slurmd slurmctld slurm-client slurm-wlm-basic-plugins munge libmunge2 libhwloc15
+libjson-c5 liblua5.1-0 libyaml-0-2 libnuma1 libreadline8 libdbus-1-3 liblz4-1"
 
 log() { printf 'gpu-run: %s\n' "$*" >&2; }
 die() { printf 'gpu-run: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -93,10 +103,20 @@ prepare() {
     "$py" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux_2_28_x86_64 -d "$CARRY/wheels" \
-        jupyter_client traitlets tornado pyzmq pytest pytest-asyncio pytest-timeout psutil ||
+        jupyter_client traitlets tornado pyzmq pytest pytest-asyncio pytest-timeout psutil \
+        jupyter_server nbclient nbformat ipykernel ||
         die "pip download failed"
+    # Optional for ipykernel/IPython (the debugger, completion), and 10 MB the carry lacks.
+    rm -f "$CARRY"/wheels/debugpy-*.whl "$CARRY"/wheels/jedi-*.whl "$CARRY"/wheels/parso-*.whl
     "$py" -m pip wheel -q --no-deps -w "$CARRY/wheels" "$REPO_ROOT" ||
         die "building the kernelprovider wheel failed"
+
+    # Slurm and munge for the GPU machine: Debian 12's, built against glibc 2.36, which
+    # Ubuntu 24.04's 2.39 runs. The packages this host's apt knows, fetched without touching
+    # its state (apt-get download into the carry).
+    mkdir -p "$CARRY/slurm"
+    (cd "$CARRY/slurm" && apt-get -q -o APT::Sandbox::User=root download $SLURM_DEBS) >/dev/null ||
+        die "apt-get download of the Slurm packages failed (run apt-get update first?)"
 
     # libcudart.so.12 from NVIDIA's wheel (not carried itself: only the library goes in).
     mkdir -p "$WORK/cudart"
@@ -163,7 +183,8 @@ PY
     log "carry: $(du -sh "$CARRY" | cut -f1) in $CARRY"
     local total
     total=$(du -sb "$CARRY" | cut -f1)
-    [ "$total" -lt $((60 * 1024 * 1024)) ] || die "build/gpu-carry is $total bytes, over 60 MB"
+    # The device tool moves 64 MiB per call, the working tree included.
+    [ "$total" -lt $((62 * 1024 * 1024)) ] || die "build/gpu-carry is $total bytes, over 62 MiB"
 }
 
 # =============================================================================================
@@ -266,6 +287,99 @@ install_wheels() {
     "$PY" -c 'import kernelprovider, jupyter_client, zmq; print("kernelprovider", kernelprovider.__version__, kernelprovider.__file__, "jupyter_client", jupyter_client.__version__, "pyzmq", zmq.__version__)'
 }
 
+# Slurm and munge from the carried .debs. Unpacked, never dpkg-installed; merged into / without
+# overwriting a single file the machine has (its own libraries stay its own).
+install_slurm() {
+    local x deb d f
+    if command -v slurmd >/dev/null && command -v munged >/dev/null; then
+        log "slurm: already installed ($(slurmd -V 2>&1))"
+        return 0
+    fi
+    x=$(mktemp -d /tmp/kp-slurm.XXXXXX)
+    for deb in "$CARRY"/slurm/*.deb; do
+        dpkg-deb -x "$deb" "$x" || { log "dpkg-deb -x $deb failed"; return 1; }
+    done
+    # Debian 12 packages may still ship /lib, /bin, /sbin paths; Ubuntu's are links into /usr.
+    for d in lib bin sbin; do
+        if [ -d "$x/$d" ] && [ ! -L "$x/$d" ]; then
+            mkdir -p "$x/usr/$d"
+            cp -a "$x/$d/." "$x/usr/$d/"
+            rm -rf "${x:?}/$d"
+        fi
+    done
+    # no-clobber: files already here win (the exit status of -n varies between coreutils)
+    for d in "$x"/*; do
+        cp -an "$d" / 2>/dev/null || true
+    done
+    rm -rf "$x"
+    ldconfig
+    id munge >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin munge
+    for f in /usr/sbin/slurmd /usr/sbin/slurmctld /usr/sbin/slurmstepd /usr/bin/sbatch \
+        /usr/sbin/munged; do
+        [ -e "$f" ] || { log "slurm: $f missing after unpacking"; return 1; }
+        if ldd "$f" | grep -q 'not found'; then
+            log "slurm: $f lacks libraries:"
+            ldd "$f" | grep 'not found' >&2
+            return 1
+        fi
+    done
+    log "slurm: installed $(slurmd -V 2>&1), $(munged -V 2>&1 | head -n1)"
+}
+
+start_slurm() {
+    local files
+    files=$(ls /dev/nvidia[0-9]* 2>/dev/null | sort -V | tr '\n' ' ')
+    [ -n "$files" ] || { log "no /dev/nvidiaN device files: no GPU for Slurm"; return 1; }
+    # One node, this machine; the real device files in gres.conf. Exported: the tests' own
+    # cluster fixture runs the same script and must find the same config.
+    export KP_SLURM_NODES=1 KP_SLURM_GPU_FILES="${files% }" KP_SLURM_CPUS=16
+    bash "$REPO_ROOT/scripts/slurm-cluster.sh" start || return 1
+    cat /etc/slurm/gres.conf
+    scontrol show node | grep -E 'NodeName|Gres|CfgTRES|State'
+    sinfo
+}
+
+# The PyTorch image: a sandbox directory whose /usr and /opt/torch are this machine's own
+# (bound read-only, nothing copied), /etc a copy, /.singularity.d taken from kp-cuda.sif with
+# its own labels and environment, and ipykernel (not in the machine's PyTorch venv) from the
+# carried wheels. Its CUDA_VERSION label is what torch.version.cuda says.
+TORCH_IMAGE=/tmp/kp-gpu-images/kp-torch
+build_torch_image() {
+    local t=$TORCH_IMAGE torch_py=/opt/torch/.venv/bin/python3 cuda version title d
+    [ -x "$torch_py" ] || { log "no PyTorch at /opt/torch/.venv: no framework image"; return 1; }
+    if mountpoint -q "$t/usr"; then umount "$t/usr"; fi
+    if mountpoint -q "$t/opt/torch"; then umount "$t/opt/torch"; fi
+    rm -rf "$t"
+    mkdir -p "$t"/{usr,opt/torch,opt/kp-site,dev,proc,sys,tmp,root,home,run,mnt,var/tmp,srv}
+    for d in bin lib lib64 sbin; do ln -s "usr/$d" "$t/$d"; done
+    cp -a /etc "$t/etc"
+    cp -a "$SITE/." "$t/opt/kp-site/"
+    apptainer exec "$KP_GPU_IMAGES/kp-cuda.sif" tar -C / -cf - .singularity.d | tar -C "$t" -xf - ||
+        { log "could not copy /.singularity.d out of kp-cuda.sif"; return 1; }
+    mount --bind /usr "$t/usr" && mount -o remount,bind,ro "$t/usr"
+    mount --bind /opt/torch "$t/opt/torch" && mount -o remount,bind,ro "$t/opt/torch"
+    cuda=$("$torch_py" -c 'import torch; print(torch.version.cuda)')
+    version=$("$torch_py" -c 'import torch; print(torch.__version__.split("+")[0])')
+    title="PyTorch $version / CUDA $cuda (the GPU machine's own, as a sandbox)"
+    "$torch_py" - "$t/.singularity.d/labels.json" "$cuda" "$version" "$title" <<'PY'
+import json, sys
+path, cuda, version, title = sys.argv[1:]
+with open(path, "w") as f:
+    json.dump({"CUDA_VERSION": cuda, "PYTORCH_VERSION": version,
+               "org.opencontainers.image.title": title, "KERNELPROVIDER_TEST": "1"}, f, indent=2)
+PY
+    printf '%s\n' '#!/bin/sh' 'export PATH="/opt/torch/.venv/bin:$PATH"' \
+        'export PYTHONPATH=/opt/kp-site' 'export KP_TEST_IMAGE=kp-torch' \
+        >"$t/.singularity.d/env/90-environment.sh"
+    chmod 755 "$t/.singularity.d/env/90-environment.sh"
+    apptainer exec --nv "$t" python3 -c '
+import torch, ipykernel
+print("torch", torch.__version__, "cuda", torch.version.cuda, "ipykernel", ipykernel.__version__,
+      "gpu", torch.cuda.is_available() and torch.cuda.get_device_name(0))' || return 1
+    export KP_GPU_TORCH_IMAGE=$t
+}
+
 # Offset of the squashfs partition in a SIF, from `apptainer sif list`.
 sif_offset() {
     apptainer sif list "$1" 2>/dev/null | awk -F'|' '/Squashfs/ { split($4, p, "-"); gsub(/ /, "", p[1]); print p[1]; exit }'
@@ -356,6 +470,10 @@ run() {
         install_wheels || log "wheel install failed"
         ensure_images_run
         smoke
+        section "slurm"
+        install_slurm && start_slurm || log "Slurm could not be started: the Slurm GPU tests fail"
+        section "PyTorch image"
+        build_torch_image || log "no PyTorch image: the framework tests fail"
     } >"$OUTDIR/facts.txt" 2>&1
     cat "$OUTDIR/facts.txt"
     run_doctor 2>&1 | tee "$OUTDIR/doctor.txt"
@@ -363,7 +481,8 @@ run() {
     # Only the plugins the tests use: the machine's Python has others (benchmark, xdist, cov)
     # built for another pytest. A clean Jupyter path per test comes from tests/conftest.py.
     # The outer timeout keeps a hung kernel from eating a device call's whole time limit.
-    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 10 "${KP_GPU_PYTEST_TIMEOUT:-420}" \
+    export KP_GPU_REQUIRE_SLURM=1 KP_GPU_OUT="$OUTDIR"
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 10 "${KP_GPU_PYTEST_TIMEOUT:-480}" \
         "$PY" -m pytest tests/gpu -v -rsP -p no:cacheprovider -p pytest_asyncio.plugin \
         -p pytest_timeout 2>&1 | tee "$OUTDIR/pytest.txt"
 }

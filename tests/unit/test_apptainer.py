@@ -188,3 +188,39 @@ def test_image_kind_reads_headers(tmp_path) -> None:
     assert image_kind(str(sqfs)) == "squashfs"
     assert image_kind(str(junk)) is None
     assert image_kind(str(sandbox)) == "sandbox"
+
+
+def _prelude_env(prelude: list[str], env: dict[str, str]) -> dict[str, str]:
+    """Run ``prelude`` + ``env -0`` under /bin/sh with ``env``; the environment it hands on."""
+    import subprocess
+
+    out = subprocess.run(
+        [*prelude, "env", "-0"], env=env, capture_output=True, check=True
+    ).stdout.decode()
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def test_step_gpu_prelude_only_where_the_step_choice_would_be_lost() -> None:
+    from kernelprovider.apptainer import build_step_gpu_prelude
+
+    assert build_step_gpu_prelude("apptainer", "nv", cleanenv=False) == []
+    assert build_step_gpu_prelude("apptainer", "none", cleanenv=True) == []
+    assert build_step_gpu_prelude("apptainer", "nv", cleanenv=True)[:2] == ["/bin/sh", "-c"]
+
+
+def test_step_gpu_prelude_hands_the_step_gpus_into_the_container() -> None:
+    from kernelprovider.apptainer import build_step_gpu_prelude
+
+    step = {"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "1", "SLURM_STEP_GPUS": "1"}
+    # --cleanenv: the runtime's own variable carries the step's choice past it
+    env = _prelude_env(build_step_gpu_prelude("apptainer", "nv", cleanenv=True), step)
+    assert env["APPTAINERENV_CUDA_VISIBLE_DEVICES"] == "1"
+    env = _prelude_env(build_step_gpu_prelude("singularity", "nv", cleanenv=True), step)
+    assert env["SINGULARITYENV_CUDA_VISIBLE_DEVICES"] == "1"
+    # --nvccli mounts the node's GPU 1 only, not "all"
+    env = _prelude_env(build_step_gpu_prelude("apptainer", "nvccli", cleanenv=False), step)
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "1"
+    assert "APPTAINERENV_CUDA_VISIBLE_DEVICES" not in env
+    # a step without GPUs: nothing invented
+    env = _prelude_env(build_step_gpu_prelude("apptainer", "nv", cleanenv=True), {"PATH": "/bin"})
+    assert not any(k.endswith("CUDA_VISIBLE_DEVICES") for k in env)
