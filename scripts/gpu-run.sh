@@ -295,6 +295,8 @@ install_slurm() {
         log "slurm: already installed ($(slurmd -V 2>&1))"
         return 0
     fi
+    ls -ld /usr /usr/sbin /sbin /lib /bin 2>&1
+    findmnt -T /usr 2>&1 | tail -n 1
     x=$(mktemp -d /tmp/kp-slurm.XXXXXX)
     for deb in "$CARRY"/slurm/*.deb; do
         dpkg-deb -x "$deb" "$x" || { log "dpkg-deb -x $deb failed"; return 1; }
@@ -307,10 +309,10 @@ install_slurm() {
             rm -rf "${x:?}/$d"
         fi
     done
-    # no-clobber: files already here win (the exit status of -n varies between coreutils)
-    for d in "$x"/*; do
-        cp -an "$d" / 2>/dev/null || true
-    done
+    # Files already here win (--skip-old-files); directories that are links here (/lib,
+    # /usr/sbin on some images) stay links (--keep-directory-symlink).
+    tar -C "$x" -cf - . | tar -C / --keep-directory-symlink --skip-old-files -xf - ||
+        log "slurm: unpacking into / reported errors (above)"
     rm -rf "$x"
     ldconfig
     id munge >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
@@ -340,25 +342,34 @@ start_slurm() {
     sinfo
 }
 
-# The PyTorch image: a sandbox directory whose /usr and /opt/torch are this machine's own
-# (bound read-only, nothing copied), /etc a copy, /.singularity.d taken from kp-cuda.sif with
-# its own labels and environment, and ipykernel (not in the machine's PyTorch venv) from the
-# carried wheels. Its CUDA_VERSION label is what torch.version.cuda says.
-TORCH_IMAGE=/tmp/kp-gpu-images/kp-torch
+# The PyTorch image: a sandbox directory holding this machine's own /usr (without /usr/local:
+# --nv brings the driver, PyTorch its own CUDA libraries) and /opt/torch/.venv as hard links
+# where the filesystem allows (a copy elsewhere: Apptainer does not follow mounts inside a
+# sandbox), /etc a copy, /.singularity.d taken from kp-cuda.sif with its own labels and
+# environment, and ipykernel (not in the machine's PyTorch venv) from the carried wheels.
+# Its CUDA_VERSION label is what torch.version.cuda says.
+TORCH_IMAGE=/opt/kp-gpu/images/kp-torch
+link_tree() { # link_tree SRC DEST_PARENT: hard links where possible, copies for the rest
+    cp -al "$1" "$2/" 2>/dev/null || cp -an "$1" "$2/" 2>&1 | head -n 5
+}
 build_torch_image() {
-    local t=$TORCH_IMAGE torch_py=/opt/torch/.venv/bin/python3 cuda version title d
+    local t=$TORCH_IMAGE torch_py=/opt/torch/.venv/bin/python3 cuda version title d start
     [ -x "$torch_py" ] || { log "no PyTorch at /opt/torch/.venv: no framework image"; return 1; }
-    if mountpoint -q "$t/usr"; then umount "$t/usr"; fi
-    if mountpoint -q "$t/opt/torch"; then umount "$t/opt/torch"; fi
+    start=$SECONDS
+    echo "python: $(readlink -f "$torch_py"); $(tr '\n' ' ' </opt/torch/.venv/pyvenv.cfg)"
     rm -rf "$t"
     mkdir -p "$t"/{usr,opt/torch,opt/kp-site,dev,proc,sys,tmp,root,home,run,mnt,var/tmp,srv}
     for d in bin lib lib64 sbin; do ln -s "usr/$d" "$t/$d"; done
+    for d in /usr/*; do
+        [ "$d" = /usr/local ] || link_tree "$d" "$t/usr"
+    done
+    mkdir -p "$t/usr/local"
+    link_tree /opt/torch/.venv "$t/opt/torch"
     cp -a /etc "$t/etc"
     cp -a "$SITE/." "$t/opt/kp-site/"
     apptainer exec "$KP_GPU_IMAGES/kp-cuda.sif" tar -C / -cf - .singularity.d | tar -C "$t" -xf - ||
         { log "could not copy /.singularity.d out of kp-cuda.sif"; return 1; }
-    mount --bind /usr "$t/usr" && mount -o remount,bind,ro "$t/usr"
-    mount --bind /opt/torch "$t/opt/torch" && mount -o remount,bind,ro "$t/opt/torch"
+    log "PyTorch image: $t made in $((SECONDS - start)) s ($(df -h --output=source,fstype "$t" /usr /opt/torch | tr '\n' ' '))"
     cuda=$("$torch_py" -c 'import torch; print(torch.version.cuda)')
     version=$("$torch_py" -c 'import torch; print(torch.__version__.split("+")[0])')
     title="PyTorch $version / CUDA $cuda (the GPU machine's own, as a sandbox)"
