@@ -291,6 +291,8 @@ install_wheels() {
 # overwriting a single file the machine has (its own libraries stay its own).
 install_slurm() {
     local x deb d f
+    case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
+    export PATH
     if command -v slurmd >/dev/null && command -v munged >/dev/null; then
         log "slurm: already installed ($(slurmd -V 2>&1))"
         return 0
