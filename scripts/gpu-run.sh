@@ -316,6 +316,11 @@ install_slurm() {
     tar -C "$x" -cf - . | tar -C / --keep-directory-symlink --skip-old-files -xf - ||
         log "slurm: unpacking into / reported errors (above)"
     rm -rf "$x"
+    # Debian names the daemons *-wlm and links them through update-alternatives in postinst,
+    # which never runs here.
+    for f in slurmd slurmctld slurmstepd; do
+        [ -e "/usr/sbin/$f" ] || ln -s "$f-wlm" "/usr/sbin/$f"
+    done
     ldconfig
     id munge >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin munge
