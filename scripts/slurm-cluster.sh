@@ -241,9 +241,16 @@ NodeName=$NODE Name=gpu File=$STATE/fake-gpu/gpu[0-$((GPUS - 1))]"
     fi
     # No cgroup use at all where Slurm can say so (CgroupPlugin=disabled: Slurm >= 24.05);
     # older ones autodetect, which is harmless with proctrack/linuxproc and task/none.
+    # Older ones load the cgroup plugin anyway, and on a cgroup v2 host without a D-Bus system
+    # bus (a VM or container without systemd, e.g. the GPU machine) slurmd fails to start
+    # unless told to manage its cgroup itself (IgnoreSystemd, Slurm >= 22.05).
     rm -f "$CONF_DIR/cgroup.conf"
     if slurm_at_least 24 5; then
         printf '%s\nCgroupPlugin=disabled\n' "$MARKER" >"$CONF_DIR/cgroup.conf"
+        chmod 0644 "$CONF_DIR/cgroup.conf"
+    elif [ -e /sys/fs/cgroup/cgroup.controllers ] && [ ! -S /run/dbus/system_bus_socket ]; then
+        printf '%s\nCgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\nCgroupAutomount=yes\n' \
+            "$MARKER" >"$CONF_DIR/cgroup.conf"
         chmod 0644 "$CONF_DIR/cgroup.conf"
     fi
     chmod 0644 "$CONF" "$CONF_DIR/gres.conf"
