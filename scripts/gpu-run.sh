@@ -211,6 +211,9 @@ facts() {
     ls -l /dev/nvidia* 2>&1
     ls /dev/loop-control /dev/loop0 2>&1
     grep -E 'squashfs|overlay|fuse' /proc/filesystems 2>&1
+    section "cgroups"
+    findmnt /sys/fs/cgroup 2>&1 | tail -n 1
+    cat /sys/fs/cgroup/cgroup.controllers /proc/self/cgroup 2>&1
     section "driver libraries in the loader cache"
     ldconfig -p | grep -E 'libcuda\.so|libnvidia-ml\.so|libnvidia-ptxjitcompiler' 2>&1
 }

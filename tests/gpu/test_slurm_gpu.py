@@ -106,7 +106,10 @@ def gpu_cluster() -> dict[str, Any]:
     files = re.findall(r"File=(/dev/nvidia\d+)", gres.read_text()) if gres.exists() else []
     if not files:
         _fail_or_skip("the Slurm cluster's gres.conf names no /dev/nvidiaN (fake GPUs)")
-    node = _run(["sinfo", "-h", "-p", "gpu", "-o", "%N"]).split()[0]
+    rows = _run(["sinfo", "-h", "-p", "gpu", "-o", "%N %T"], timeout=15).split()
+    if len(rows) < 2 or rows[1].rstrip("*~#$@+") not in {"idle", "mixed", "allocated"}:
+        _fail_or_skip(f"the Slurm cluster's GPU node is not usable (sinfo: {' '.join(rows)!r})")
+    node = rows[0]
     show = _run(["scontrol", "-o", "show", "node", node])
     assert f"Gres=gpu:{len(files)}" in show, show
     return {"node": node, "files": files, "gpus": len(files)}
