@@ -291,6 +291,12 @@ start_ctld() {
 
 start_slurmd() {
     pid_alive "$SLURMD_PID" && return 0
+    if grep -qs '^IgnoreSystemd=yes' "$CONF_DIR/cgroup.conf"; then
+        # What systemd would have made: the slice slurmd puts its stepd scope in, with the
+        # controllers it asks for available below the root.
+        mkdir -p /sys/fs/cgroup/system.slice
+        echo "+cpuset +cpu +memory" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+    fi
     say "starting slurmd (node $NODE)"
     /usr/sbin/slurmd -f "$CONF" -N "$NODE" || { log_tail; die "slurmd failed to start"; }
 }
