@@ -174,11 +174,13 @@ def _read(path, limit=1 << 20):
 
 
 def _str_value(text, key):
-    """``key = 'x'`` / ``key: T = 'x'`` / ``'key': 'x'`` / ``('key', 'x')``: the string, or
-    None (also for ``= None``); "" when the key is missing."""
+    """The string given to ``key`` in a generated version file, or None (also for ``= None``);
+    "" when the key is not there. Reads ``key = 'x'``, ``key: T = 'x'``, ``d['key'] = 'x'``,
+    ``'key': 'x'`` and ``('key', 'x')``."""
+    value = r"\s*(?:u?['\"]([^'\"]*)['\"]|(None))"
     pats = (
-        r"^\s*" + re.escape(key) + r"\s*(?::[^=\n]*)?=\s*(?:u?['\"]([^'\"]*)['\"]|(None))",
-        r"['\"]" + re.escape(key) + r"['\"]\s*[:,]\s*(?:u?['\"]([^'\"]*)['\"]|(None))",
+        r"^\s*" + re.escape(key) + r"\s*(?::[^=\n]*)?=" + value,
+        r"['\"]" + re.escape(key) + r"['\"]\s*\]?\s*[:,=]" + value,
     )
     for pat in pats:
         m = re.search(pat, text, re.M)
@@ -188,18 +190,19 @@ def _str_value(text, key):
 
 
 def parse_tf_build_info(text):
-    """{"cuda", "cudnn", "gpu_build", "archs"} from TensorFlow's build_info.py (any version:
-    ``cuda_version_number = '10.0'`` in 1.x, a ``build_info`` dict in 2.x)."""
+    """{"cuda", "cudnn", "gpu_build", "archs"} from TensorFlow's build_info.py, in each shape
+    it has had: ``cuda_version_number = '10.0'`` (1.x), a ``build_info`` dict literal, or
+    ``build_info['cuda_version'] = '12.5.1'`` assignments (2.x)."""
     cuda = _str_value(text, "cuda_version")
     if cuda == "":
         cuda = _str_value(text, "cuda_version_number")
     cudnn = _str_value(text, "cudnn_version")
     if cudnn == "":
         cudnn = _str_value(text, "cudnn_version_number")
-    m = re.search(r"is_cuda_build['\"]?\s*[:=,]\s*(True|False)", text)
+    m = re.search(r"is_cuda_build['\"]?\s*\]?\s*[:=,]\s*(True|False)", text)
     gpu = None if m is None else m.group(1) == "True"
     archs = []
-    m = re.search(r"['\"]cuda_compute_capabilities['\"]\s*[:,]\s*\[([^\]]*)\]", text)
+    m = re.search(r"['\"]cuda_compute_capabilities['\"]\s*\]?\s*[:,=]\s*\[([^\]]*)\]", text)
     if m:
         archs = re.findall(r"['\"]([^'\"]+)['\"]", m.group(1))
     if gpu is None and cuda:

@@ -32,6 +32,7 @@ __all__ = [
     "arch_support",
     "cuda_for_driver",
     "cuda_releases",
+    "code_for_gpu",
     "cudart_soname",
     "evaluate",
     "evaluate_policy",
@@ -556,6 +557,23 @@ def _runtime_verdict(image: ImageFacts, fw: FrameworkBuild) -> Verdict:
     return Verdict("ok", f"{built}{found}.", "framework")
 
 
+def code_for_gpu(
+    sass: Sequence[int], ptx: Sequence[int], cc: tuple[int, int]
+) -> tuple[str, int | None]:
+    """How code built for ``sass`` (SM numbers: 80 for sm_80) and ``ptx`` runs on a GPU of
+    compute capability ``cc``: ("native", the SASS used) when SASS of the same major and a
+    minor <= the GPU's is there; ("ptx", the PTX JIT-compiled) when PTX of an architecture <=
+    the GPU's is; else ("none", None): "no kernel image is available for execution"."""
+    number = cc[0] * 10 + cc[1]
+    native = [a for a in sass if a // 10 == cc[0] and a % 10 <= cc[1]]
+    if native:
+        return "native", max(native)
+    jit = [a for a in ptx if a <= number]
+    if jit:
+        return "ptx", max(jit)
+    return "none", None
+
+
 def _framework_arch_verdicts(
     name: str, host: HostFacts, frameworks: Sequence[FrameworkBuild]
 ) -> list[Verdict]:
@@ -589,22 +607,20 @@ def _framework_arch_verdict(
     carries = _sm_list(sass) + (f" with PTX {_sm_list(ptx, 'compute_')}" if ptx else "")
     if not sass:
         carries = f"PTX {_sm_list(ptx, 'compute_')} only"
-    native = [a for a in sass if a // 10 == cc[0] and a % 10 <= cc[1]]
-    if native:
-        best = max(native)
-        how = "natively" if best == number else f"natively (its sm_{best} code runs on {sm})"
+    status, arch = code_for_gpu(sass, ptx, cc)
+    if status == "native":
+        how = "natively" if arch == number else f"natively (its sm_{arch} code runs on {sm})"
         return Verdict(
             "ok",
             f"{name}'s {fw.label}{cuda} carries {carries}{declared}: it runs {how} on {gpus} "
             f"({sm}) on node {node}.",
             "arch",
         )
-    jit = [a for a in ptx if a <= number]
-    if jit:
+    if status == "ptx":
         return Verdict(
             "warn",
             f"{name}'s {fw.label}{cuda} was compiled for {carries}{declared}: on {gpus} ({sm}) "
-            f"on node {node} it runs only through PTX JIT compilation of compute_{max(jit)} "
+            f"on node {node} it runs only through PTX JIT compilation of compute_{arch} "
             "(first use compiles for minutes, again whenever the JIT cache in ~/.nv is "
             f"dropped); pick an image built for {sm} for full speed.",
             "arch",
