@@ -511,3 +511,130 @@ def test_the_headline_case_end_to_end() -> None:
     ]
     assert worst(verdicts) == "fail"
     assert [v.check for v in evaluate_policy(verdicts, "enforce")] == ["driver"]
+
+
+# --------------------------------------------------------------------------------------------
+# What the image's frameworks were built for outranks the tables
+
+
+def fw(name: str = "PyTorch", version: str = "2.5.1+cu124", **kw: object) -> compat.FrameworkBuild:
+    kw.setdefault("gpu_build", True)
+    return compat.FrameworkBuild(name, version, **kw)  # type: ignore[arg-type]
+
+
+def with_fw(
+    *builds: compat.FrameworkBuild, cuda: str | None = None, cudart: tuple = ()
+) -> ImageFacts:
+    return ImageFacts(name=IMAGE, cuda=cuda, frameworks=list(builds), cudart=list(cudart))
+
+
+CUDART12 = "/usr/local/lib/python3.11/dist-packages/nvidia/cuda_runtime/lib/libcudart.so.12"
+
+
+@pytest.mark.parametrize(
+    ("sass", "ptx", "cc", "level", "words"),
+    [
+        ([80, 90], [90], "9.0", "ok", ["sm_80, sm_90", "runs natively on", "(sm_90)"]),
+        ([80, 86], [], "8.9", "ok", ["its sm_86 code runs on sm_89"]),
+        ([35, 52], [52], "9.0", "warn", ["PTX JIT", "compute_52", "sm_35, sm_52"]),
+        ([50, 60, 70, 80, 90, 100, 120], [120], "12.1", "ok", ["sm_120 code runs on sm_121"]),
+        (
+            [80, 90],
+            [90],
+            "7.0",
+            "fail",
+            ["no kernel image is available", "Pick an image built for sm_70"],
+        ),
+        ([], [80], "9.0", "warn", ["PTX compute_80 only", "PTX JIT"]),
+        ([90], [], "10.0", "fail", ["no kernel image"]),
+    ],
+)
+def test_framework_code_against_the_gpu(
+    sass: list[int], ptx: list[int], cc: str, level: str, words: list[str]
+) -> None:
+    image_ = with_fw(
+        fw(cuda="12.4", sass=sass, ptx=ptx, archs_from="torch/lib/x.so"), cudart=(CUDART12,)
+    )
+    v = only(evaluate(image_, host("580.95.05", cc, names=("NVIDIA TEST",))), "arch")
+    assert v.level == level, v.reason
+    assert "PyTorch 2.5.1+cu124 (CUDA 12.4)" in v.reason and "NVIDIA TEST" in v.reason
+    for word in words:
+        assert word in v.reason
+
+
+def test_tf18_compiled_for_35_52_runs_on_sm90_only_through_ptx() -> None:
+    tf = fw(
+        "TensorFlow",
+        "1.8.0",
+        cuda="9.2",
+        cudnn="7.1",
+        declared_archs=["3.5", "5.2"],
+        facts_from="/usr/local/lib/python3.6/dist-packages/tensorflow/python/platform/build_info.py",
+    )
+    verdicts = evaluate(
+        with_fw(tf, cuda="9.2", cudart=("/usr/local/cuda-9.2/lib64/libcudart.so.9.2.148",)),
+        host("580.95.05", "9.0", names=("NVIDIA H200",)),
+    )
+    arch = only(verdicts, "arch")
+    assert arch.level == "warn"
+    assert (
+        "compiled for sm_35, sm_52 with PTX compute_52 (declared in its build_info.py)"
+        in arch.reason
+    )
+    assert "PTX JIT" in arch.reason and "first use compiles for minutes" in arch.reason
+    # A site's TF built against CUDA 9.2 is not told "tested with 9.0": its own facts win.
+    assert not [v for v in verdicts if v.check == "tensorflow"]
+    assert only(verdicts, "framework").level == "ok"
+
+
+def test_framework_built_against_a_cuda_the_image_does_not_ship_fails() -> None:
+    tf = fw("TensorFlow", "1.8.0", cuda="9.0", cudnn="7")
+    v = only(
+        evaluate(
+            with_fw(tf, cuda="9.2", cudart=("/usr/local/cuda-9.2/lib64/libcudart.so.9.2.148",)),
+            host("580.95.05"),
+        ),
+        "framework",
+    )
+    assert v.level == "fail"
+    assert "needs libcudart.so.9.0" in v.reason and "ships only libcudart.so.9.2" in v.reason
+    assert "Pick an image" in v.reason
+
+
+def test_framework_cuda_against_declared_cuda_without_libraries_warns() -> None:
+    v = only(evaluate(with_fw(fw(cuda="12.4"), cuda="11.8"), host("580.95.05")), "framework")
+    assert v.level == "warn" and "libcudart.so.12" in v.reason and "CUDA 11.8" in v.reason
+
+
+def test_framework_cuda_is_checked_against_the_driver_too() -> None:
+    # A pip PyTorch for CUDA 12.8 in an image whose toolkit is 11.8.
+    verdicts = evaluate(
+        with_fw(fw(version="2.7.0+cu128", cuda="12.8"), cuda="11.8", cudart=(CUDART12,)),
+        host("535.104.05"),
+    )
+    drivers = [v for v in verdicts if v.check == "driver"]
+    assert [v.level for v in drivers] == ["ok", "warn"]
+    assert "PyTorch 2.7.0+cu128 needs NVIDIA driver >= 570.26 (CUDA 12.8)" in drivers[1].reason
+
+
+def test_image_without_cuda_label_is_judged_by_its_framework() -> None:
+    v = only(evaluate(with_fw(fw(cuda="12.4"), cudart=(CUDART12,)), host("520.61.05")), "driver")
+    assert v.level == "fail" and "needs NVIDIA driver >= 550.54.14 (CUDA 12.4)" in v.reason
+
+
+def test_cpu_only_build_warns_that_the_gpu_stays_idle() -> None:
+    verdicts = evaluate(
+        with_fw(fw(version="2.13.0+cpu", gpu_build=False)), host("580.95.05", "9.0")
+    )
+    v = only(verdicts, "framework")
+    assert v.level == "warn" and "CPU-only build" in v.reason and "PyTorch 2.13.0+cpu" in v.reason
+
+
+def test_cudart_sonames() -> None:
+    assert [compat.cudart_soname(c) for c in ("9.2.148", "10.0", "11.8", "12.4.127", "13")] == [
+        "9.2",
+        "10.0",
+        "11.0",
+        "12",
+        "13",
+    ]
