@@ -53,6 +53,7 @@ CUDART_PATTERNS = (
     "/usr/lib/aarch64-linux-gnu/libcudart.so.*",
     "/usr/lib64/libcudart.so.*",
     "/opt/conda/lib/libcudart.so.*",
+    "/opt/conda/envs/*/lib/libcudart.so.*",
 )
 # Libraries that carry a framework's GPU code, first match (with a fatbin) wins.
 TF_LIBS = (
@@ -421,7 +422,11 @@ def scan(root="/"):
 
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "/"
-    print(json.dumps(scan(root), sort_keys=True))
+    try:
+        found = scan(root)
+    except Exception as e:  # one JSON line whatever happens: the caller parses it
+        found = {"frameworks": [], "cudart": [], "errors": ["scan failed: %r" % (e,)]}
+    print(json.dumps(found, sort_keys=True))
 
 
 if __name__ == "__main__":
