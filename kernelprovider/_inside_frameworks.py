@@ -43,7 +43,10 @@ SITE_PATTERNS = (
     "/opt/conda/lib/python*/site-packages",
     "/opt/conda/envs/*/lib/python*/site-packages",
     "/opt/*/lib/python*/site-packages",
+    "/opt/*/.venv/lib/python*/site-packages",
+    "/opt/*/*/lib/python*/site-packages",
     "/venv/lib/python*/site-packages",
+    "/.venv/lib/python*/site-packages",
     "/root/.local/lib/python*/site-packages",
 )
 CUDART_PATTERNS = (
@@ -405,12 +408,17 @@ def scan(root="/"):
     """
     errors = []
     sites = []
+    candidates = []
     for pattern in SITE_PATTERNS:
-        for site in _glob(root, pattern):
-            if os.path.isdir(site) and os.path.realpath(site) not in [
-                os.path.realpath(s) for s in sites
-            ]:
-                sites.append(site)
+        candidates.extend(_glob(root, pattern))
+    if root == "/":
+        # Run by the image's Python: its own path (a venv on PATH, PYTHONPATH) counts too.
+        candidates.extend(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    for site in candidates:
+        if os.path.isdir(site) and os.path.realpath(site) not in [
+            os.path.realpath(s) for s in sites
+        ]:
+            sites.append(site)
     frameworks = []
     for site in sites:
         try:
