@@ -461,7 +461,8 @@ FRAMEWORK_WHEELS=(jax-cuda12-plugin==0.7.0 nvidia-cuda-runtime-cu12==12.9.79)
 # The pip that downloads them: the venv's (make venv), else the host's python3.
 host_pip() {
     if [ -x "$BUILD/venv/bin/python" ]; then "$BUILD/venv/bin/python" -m pip "$@"
-    else python3 -m pip "$@"; fi
+    elif python3 -m pip --version >/dev/null 2>&1; then python3 -m pip "$@"
+    else die "no pip to download the framework wheels with: run 'make venv' first"; fi
 }
 
 cached_wheel() { # cached_wheel NAME==VERSION: path of its wheel in the cache, or nothing
