@@ -298,7 +298,11 @@ class ListApp(_KernelSpecApp):
         """One dict per container kernelspec, with whether its image can be started here and
         its verdict on this host ("ok"/"warn"/"fail" and the worst reason's first sentence;
         ``jupyter kernelprovider doctor NAME`` prints all of them)."""
-        from .doctor import kernel_verdict  # imported on use: doctor.py imports this module
+        from .doctor import (  # imported on use: doctor.py imports this module
+            framework_dict,
+            framework_text,
+            kernel_summary,
+        )
         from .gpu import host_facts
 
         kernels = container_kernelspecs(self.kernel_spec_manager)
@@ -315,7 +319,7 @@ class ListApp(_KernelSpecApp):
                 image_state = "ok"
             except KernelProviderError as e:
                 image_state = type(e).__name__
-            verdict, verdict_reason = kernel_verdict(self, name, host)
+            verdict, verdict_reason, frameworks = kernel_summary(self, name, host)
             rows.append(
                 {
                     "name": name,
@@ -328,6 +332,8 @@ class ListApp(_KernelSpecApp):
                     "resource_dir": resource_dir,
                     "verdict": verdict,
                     "verdict_reason": verdict_reason,
+                    "frameworks": [framework_dict(fw, host) for fw in frameworks],
+                    "frameworks_text": "; ".join(framework_text(fw) for fw in frameworks),
                 }
             )
         return rows
@@ -345,6 +351,9 @@ class ListApp(_KernelSpecApp):
             return
         cols = ["name", "display_name", "image", "image_state", "runtime", "gpu", "verdict"]
         heads = ["NAME", "DISPLAY NAME", "IMAGE", "IMAGE STATE", "RUNTIME", "GPU", "VERDICT"]
+        if any(r["frameworks_text"] for r in rows):
+            cols.append("frameworks_text")
+            heads.append("FRAMEWORKS")
         widths = [
             max(len(h), *(len(str(r[c])) for r in rows)) for c, h in zip(cols, heads, strict=True)
         ]

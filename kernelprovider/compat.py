@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
@@ -22,6 +22,7 @@ __all__ = [
     "POLICIES",
     "ArchSupport",
     "CudaRelease",
+    "FrameworkBuild",
     "GpuInfo",
     "HostFacts",
     "ImageFacts",
@@ -31,10 +32,13 @@ __all__ = [
     "arch_support",
     "cuda_for_driver",
     "cuda_releases",
+    "code_for_gpu",
+    "cudart_soname",
     "evaluate",
     "evaluate_policy",
     "min_driver_for_cuda",
     "minor_compat",
+    "newest_branch",
     "parse_version",
     "tensorflow_configs",
     "version_at_least",
@@ -70,6 +74,58 @@ class GpuInfo:
 
 
 @dataclass
+class FrameworkBuild:
+    """What one framework inside an image was built for, from its own files (read by
+    :mod:`kernelprovider._inside_frameworks` without starting a kernel).
+
+    ``cuda``: the CUDA it was built against (None: CPU-only build or not said); ``gpu_build``:
+    False for a CPU-only build, None when unknown. ``sass`` / ``ptx``: SM numbers (80 for
+    sm_80) of the native code and PTX found in the ``.nv_fatbin`` of ``archs_from``;
+    ``declared_archs``: what TensorFlow's build_info.py says it was compiled for.
+    """
+
+    name: str
+    version: str | None = None
+    location: str | None = None
+    cuda: str | None = None
+    cudnn: str | None = None
+    gpu_build: bool | None = None
+    declared_archs: list[str] = field(default_factory=list)
+    sass: list[int] = field(default_factory=list)
+    ptx: list[int] = field(default_factory=list)
+    archs_from: str | None = None
+    facts_from: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``PyTorch 2.5.1+cu124`` (the version left out when unknown)."""
+        return f"{self.name} {self.version}" if self.version else self.name
+
+    def code_archs(self) -> tuple[list[int], list[int], str | None]:
+        """(sass, ptx, where) this build carries: the fatbin's when read, else the archs
+        build_info.py declares (``sm_70``/``compute_80``, or ``7.0`` meaning SASS for each and
+        PTX for the highest, as TensorFlow's configure builds them), else nothing."""
+        if self.sass or self.ptx:
+            return list(self.sass), list(self.ptx), self.archs_from
+        sass: list[int] = []
+        ptx: list[int] = []
+        for item in self.declared_archs:
+            text = item.strip().lower()
+            digits = "".join(ch for ch in text if ch.isdigit())
+            if not digits:
+                continue
+            number = int(digits)
+            if text.startswith("compute_"):
+                ptx.append(number)
+            else:
+                sass.append(number)
+        if sass and not ptx and all("_" not in a for a in self.declared_archs):
+            ptx.append(max(sass))
+        where = self.facts_from if sass or ptx else None
+        return sorted(set(sass)), sorted(set(ptx)), where
+
+
+@dataclass
 class ImageFacts:
     """What an image holds, read without starting a kernel (see :mod:`kernelprovider.image`).
 
@@ -86,6 +142,32 @@ class ImageFacts:
     #: LD_LIBRARY_PATH the image's environment sets (None: not set), so the provisioner can
     #: put the host driver's libraries in front of any libcuda the image ships.
     ld_library_path: str | None = None
+    #: The frameworks found in the image's site-packages and what each was built for.
+    frameworks: list[FrameworkBuild] = field(default_factory=list)
+    #: Paths (inside the image) of the CUDA runtime libraries it ships (libcudart.so.*).
+    cudart: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The image-facts cache stores plain dicts.
+        self.frameworks = [
+            f if isinstance(f, FrameworkBuild) else FrameworkBuild(**f) for f in self.frameworks
+        ]
+
+    def cudart_sonames(self) -> list[str]:
+        """The libcudart soname versions the image ships: "9.2", "11.0", "12" ..."""
+        found = []
+        for path in self.cudart:
+            base = path.rsplit("/", 1)[-1]
+            _, sep, tail = base.partition(".so.")
+            if not sep:
+                continue
+            try:
+                soname = cudart_soname(tail)
+            except ValueError:
+                continue
+            if soname not in found:
+                found.append(soname)
+        return found
 
 
 @dataclass
@@ -174,6 +256,17 @@ def version_at_least(version: str, minimum: str) -> bool:
     return _key(parse_version(version)) >= _key(parse_version(minimum))
 
 
+def cudart_soname(cuda: str) -> str:
+    """The soname version of CUDA ``cuda``'s runtime library: ``libcudart.so.9.2`` for 9.2.148,
+    ``.so.11.0`` for every 11.x, ``.so.12`` for 12.x (NVIDIA's naming since CUDA 12)."""
+    v = parse_version(cuda)
+    if v[0] < 11:
+        return _fmt(_mm(v))
+    if v[0] == 11:
+        return "11.0"
+    return str(v[0])
+
+
 def _mm(v: Sequence[int]) -> tuple[int, int]:
     return (v[0], v[1] if len(v) > 1 else 0)
 
@@ -203,6 +296,17 @@ class CudaRelease:
     release: str
     toolkit: str
     min_driver: str
+    source: str = ""
+
+    @property
+    def is_branch(self) -> bool:
+        """True for a branch row (``R610``: any 610.x or newer) rather than an exact minimum."""
+        return self.min_driver.strip().upper().startswith("R")
+
+    @property
+    def is_prerelease(self) -> bool:
+        """True for a release candidate row (CUDA 11.0.1 RC): not the GA's minimum."""
+        return "RC" in self.release.upper().split()
 
 
 @dataclass(frozen=True)
@@ -246,7 +350,9 @@ def _read_table(filename: str) -> list[dict[str, str]]:
 def cuda_releases() -> tuple[CudaRelease, ...]:
     """CUDA releases, oldest first (``data/cuda_driver.csv``)."""
     rows = [
-        CudaRelease(r["cuda_release"], r["toolkit_version"], r["min_linux_driver"])
+        CudaRelease(
+            r["cuda_release"], r["toolkit_version"], r["min_linux_driver"], r.get("source", "")
+        )
         for r in _read_table("cuda_driver.csv")
     ]
     return tuple(sorted(rows, key=lambda r: _key(parse_version(r.toolkit))))
@@ -299,11 +405,13 @@ def arch_support() -> Mapping[str, ArchSupport]:
 
 
 def min_driver_for_cuda(cuda: str) -> str | None:
-    """The minimum Linux driver for CUDA ``cuda``, as NVIDIA writes it; None if not in the table.
+    """The minimum Linux driver for CUDA ``cuda``, as NVIDIA writes it (an exact version such
+    as ``396.26`` or a branch such as ``R610``); None if not in the table.
 
     ``"9.2"`` gives the lowest minimum of any 9.2 release (the GA's, 396.26); a full toolkit
     version such as ``"9.2.148"`` gives that release's row (396.37) when the table has it,
-    else the major.minor's minimum.
+    else the major.minor's minimum. Release candidates count only when asked for exactly:
+    ``"11.0"`` gives the 11.0 GA's 450.51.05, not the RC's 450.36.06.
     """
     v = parse_version(cuda)
     releases = cuda_releases()
@@ -312,9 +420,15 @@ def min_driver_for_cuda(cuda: str) -> str | None:
             if _key(parse_version(r.toolkit)) == _key(v):
                 return r.min_driver
     same = [r for r in releases if _mm(parse_version(r.toolkit)) == _mm(v)]
+    same = [r for r in same if not r.is_prerelease] or same
     if not same:
         return None
     return min(same, key=lambda r: _key(parse_version(r.min_driver))).min_driver
+
+
+def newest_branch() -> int:
+    """The newest driver branch any row of the driver table names (610 for R610)."""
+    return max(parse_version(r.min_driver)[0] for r in cuda_releases())
 
 
 def cuda_for_driver(driver: str) -> str | None:
@@ -333,37 +447,192 @@ def cuda_for_driver(driver: str) -> str | None:
 
 
 def evaluate(image: ImageFacts, host: HostFacts) -> list[Verdict]:
-    """Judge ``image`` on ``host``: one "driver" verdict, one "arch" verdict per distinct GPU
-    compute capability, and a "tensorflow" verdict when the image names its TensorFlow.
+    """Judge ``image`` on ``host``: one "driver" verdict (and one more per framework built
+    against another CUDA than the image declares), "framework" verdicts for what the image's
+    frameworks were built for, one "arch" verdict per distinct GPU compute capability (from the
+    code the frameworks really carry when known, else from the image's CUDA toolkit), and a
+    "tensorflow" verdict from tensorflow.org's tested pairs when TensorFlow's own build facts
+    are unknown.
 
     Called by the provisioner before every launch (Slurm: once the node is known) and by
     ``jupyter kernelprovider doctor``. Pure; never raises for an incompatible pair.
     """
-    if not image.cuda:
+    gpu_builds = [f for f in image.frameworks if f.gpu_build and f.cuda and _is_version(f.cuda)]
+    cpu_only = [_cpu_only_verdict(image.name, f) for f in image.frameworks if f.gpu_build is False]
+    cuda = image.cuda
+    if not cuda and gpu_builds:
+        # No label or toolkit file, but a framework says what it was built against.
+        cuda = max((f.cuda or "" for f in gpu_builds), key=lambda c: _key(parse_version(c)))
+    if not cuda:
         return [
             Verdict(
                 "ok",
                 f"{image.name} declares no CUDA (no label, CUDA_VERSION or "
                 f"/usr/local/cuda/version file), so node {host.node}'s driver is not checked.",
                 "driver",
-            )
+            ),
+            *cpu_only,
         ]
     try:
-        cuda_v = parse_version(image.cuda)
+        cuda_v = parse_version(cuda)
     except ValueError:
         return [
             Verdict(
                 "warn",
-                f"{image.name} gives CUDA version {image.cuda!r}, which is not a version number, "
+                f"{image.name} gives CUDA version {cuda!r}, which is not a version number, "
                 f"so it cannot be checked against node {host.node}; fix the image's CUDA_VERSION "
                 "label.",
                 "driver",
-            )
+            ),
+            *cpu_only,
         ]
-    verdicts = [_driver_verdict(image, host, cuda_v)]
-    verdicts.extend(_arch_verdicts(image, host, cuda_v))
-    verdicts.extend(_tensorflow_verdicts(image, cuda_v))
+    judged = replace(image, cuda=cuda) if cuda != image.cuda else image
+    verdicts = [_driver_verdict(judged, host, cuda_v)]
+    for fw in gpu_builds:
+        fw_v = parse_version(fw.cuda or "")
+        if _mm(fw_v) != _mm(cuda_v) and len(fw_v) >= 2:
+            as_fw = replace(image, name=f"{image.name}'s {fw.label}", cuda=fw.cuda)
+            verdicts.append(_driver_verdict(as_fw, host, fw_v))
+    verdicts.extend(cpu_only)
+    verdicts.extend(_runtime_verdict(image, fw) for fw in gpu_builds)
+    with_code = [f for f in gpu_builds if f.code_archs()[0] or f.code_archs()[1]]
+    if with_code:
+        verdicts.extend(_framework_arch_verdicts(image.name, host, with_code))
+    else:
+        verdicts.extend(_arch_verdicts(judged, host, cuda_v))
+    if not any(f.name == "TensorFlow" and f.gpu_build is not None for f in image.frameworks):
+        verdicts.extend(_tensorflow_verdicts(judged, cuda_v))
     return verdicts
+
+
+def _is_version(text: str) -> bool:
+    try:
+        parse_version(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _sm_list(numbers: Iterable[int], prefix: str = "sm_") -> str:
+    return ", ".join(f"{prefix}{n}" for n in numbers)
+
+
+def _cpu_only_verdict(name: str, fw: FrameworkBuild) -> Verdict:
+    where = f" ({fw.facts_from})" if fw.facts_from else ""
+    return Verdict(
+        "warn",
+        f"{name}'s {fw.label} is a CPU-only build{where}, so it will not use the node's GPUs; "
+        f"pick an image with a CUDA build of {fw.name} to compute on them.",
+        "framework",
+    )
+
+
+def _runtime_verdict(image: ImageFacts, fw: FrameworkBuild) -> Verdict:
+    """Whether the image ships the CUDA runtime ``fw`` was linked against (libcudart soname)."""
+    need = cudart_soname(fw.cuda or "")
+    built = f"{image.name}'s {fw.label} was built against CUDA {fw.cuda}" + (
+        f" and cuDNN {fw.cudnn}" if fw.cudnn else ""
+    )
+    have = image.cudart_sonames()
+    if have and need not in have:
+        shipped = ", ".join(f"libcudart.so.{h}" for h in have)
+        return Verdict(
+            "fail",
+            f"{built}, so it needs libcudart.so.{need}, but the image ships only {shipped}: "
+            f"importing {fw.name} fails to load its CUDA libraries. Pick an image whose CUDA "
+            f"matches its {fw.name} build.",
+            "framework",
+        )
+    if not have and image.cuda and _is_version(image.cuda):
+        declared = cudart_soname(image.cuda)
+        if declared != need:
+            return Verdict(
+                "warn",
+                f"{built}, but the image declares CUDA {image.cuda} (libcudart.so.{declared}) "
+                f"and no libcudart.so.{need} was found in it; if importing {fw.name} fails to "
+                "load libcudart, pick an image whose CUDA matches its build.",
+                "framework",
+            )
+    found = f", and the image ships libcudart.so.{need}" if need in have else ""
+    return Verdict("ok", f"{built}{found}.", "framework")
+
+
+def code_for_gpu(
+    sass: Sequence[int], ptx: Sequence[int], cc: tuple[int, int]
+) -> tuple[str, int | None]:
+    """How code built for ``sass`` (SM numbers: 80 for sm_80) and ``ptx`` runs on a GPU of
+    compute capability ``cc``: ("native", the SASS used) when SASS of the same major and a
+    minor <= the GPU's is there; ("ptx", the PTX JIT-compiled) when PTX of an architecture <=
+    the GPU's is; else ("none", None): "no kernel image is available for execution"."""
+    number = cc[0] * 10 + cc[1]
+    native = [a for a in sass if a // 10 == cc[0] and a % 10 <= cc[1]]
+    if native:
+        return "native", max(native)
+    jit = [a for a in ptx if a <= number]
+    if jit:
+        return "ptx", max(jit)
+    return "none", None
+
+
+def _framework_arch_verdicts(
+    name: str, host: HostFacts, frameworks: Sequence[FrameworkBuild]
+) -> list[Verdict]:
+    # One verdict per (framework, distinct compute capability).
+    by_cc: dict[tuple[int, int], list[str]] = {}
+    for gpu in host.gpus:
+        cc = _parse_cc(gpu.compute_capability)
+        if cc is None:
+            continue
+        names = by_cc.setdefault(cc, [])
+        if gpu.name not in names:
+            names.append(gpu.name)
+    return [
+        _framework_arch_verdict(name, host.node, fw, cc, ", ".join(gpus))
+        for fw in frameworks
+        for cc, gpus in sorted(by_cc.items())
+    ]
+
+
+def _framework_arch_verdict(
+    name: str, node: str, fw: FrameworkBuild, cc: tuple[int, int], gpus: str
+) -> Verdict:
+    """The code ``fw`` really carries against one GPU: native SASS of the same major and a
+    minor <= the GPU's runs; else PTX of an architecture <= the GPU's runs after JIT
+    compilation; else nothing runs ("no kernel image is available")."""
+    sass, ptx, where = fw.code_archs()
+    sm = f"sm_{cc[0]}{cc[1]}"
+    number = cc[0] * 10 + cc[1]
+    cuda = f" (CUDA {fw.cuda})" if fw.cuda else ""
+    declared = " (declared in its build_info.py)" if where and where == fw.facts_from else ""
+    carries = _sm_list(sass) + (f" with PTX {_sm_list(ptx, 'compute_')}" if ptx else "")
+    if not sass:
+        carries = f"PTX {_sm_list(ptx, 'compute_')} only"
+    status, arch = code_for_gpu(sass, ptx, cc)
+    if status == "native":
+        how = "natively" if arch == number else f"natively (its sm_{arch} code runs on {sm})"
+        return Verdict(
+            "ok",
+            f"{name}'s {fw.label}{cuda} carries {carries}{declared}: it runs {how} on {gpus} "
+            f"({sm}) on node {node}.",
+            "arch",
+        )
+    if status == "ptx":
+        return Verdict(
+            "warn",
+            f"{name}'s {fw.label}{cuda} was compiled for {carries}{declared}: on {gpus} ({sm}) "
+            f"on node {node} it runs only through PTX JIT compilation of compute_{arch} "
+            "(first use compiles for minutes, again whenever the JIT cache in ~/.nv is "
+            f"dropped); pick an image built for {sm} for full speed.",
+            "arch",
+        )
+    return Verdict(
+        "fail",
+        f"{name}'s {fw.label}{cuda} carries {carries}{declared} and nothing that runs on "
+        f'{gpus} ({sm}) on node {node}, so its GPU operations fail with "no kernel image is '
+        f'available for execution on the device". Pick an image built for {sm} or another '
+        "partition.",
+        "arch",
+    )
 
 
 def _older_image_hint(driver_v: tuple[int, ...]) -> str:
@@ -453,7 +722,9 @@ def _driver_verdict(image: ImageFacts, host: HostFacts, cuda_v: tuple[int, ...])
     ck = _key(cuda_v)
     newer = [r for r in releases if _key(parse_version(r.toolkit)) > ck]
     older = [r for r in releases if _key(parse_version(r.toolkit)) < ck]
-    if newer and meets(newer[0].min_driver):
+    if not newer:
+        return _newer_than_table(name, node, cuda, cuda_v, drv, dk, floor, hint)
+    if meets(newer[0].min_driver):
         return Verdict(
             "ok",
             f"{name} uses CUDA {cuda}, which is not in kernelprovider's driver table; node "
@@ -468,20 +739,66 @@ def _driver_verdict(image: ImageFacts, host: HostFacts, cuda_v: tuple[int, ...])
         return _too_old(name, node, floor.min_driver, cuda, drv, hint)
     if older and not meets(older[-1].min_driver):
         return _too_old(name, node, older[-1].min_driver, cuda, drv, hint)
-    if not newer:
-        last = releases[-1]
-        return Verdict(
-            "warn",
-            f"{name} uses CUDA {cuda}, newer than kernelprovider's driver table (last: CUDA "
-            f"{last.toolkit}, driver >= {last.min_driver}), so node {node}'s driver {drv} cannot "
-            "be checked; if CUDA reports error 35 or 803, pick an older image or update "
-            "kernelprovider.",
-            "driver",
-        )
     return Verdict(
         "warn",
         f"{name} uses CUDA {cuda}, which is not in kernelprovider's driver table, so node "
         f"{node}'s driver {drv} cannot be checked; if CUDA reports error 35 or 803, {hint}.",
+        "driver",
+    )
+
+
+def _newer_than_table(
+    name: str,
+    node: str,
+    cuda: str,
+    cuda_v: tuple[int, ...],
+    drv: str,
+    dk: tuple[int, ...],
+    floor: MinorCompat | None,
+    hint: str,
+) -> Verdict:
+    """A CUDA newer than every row of the driver table.
+
+    Same major as a known floor: minor-version compatibility bounds it (ok on a driver branch
+    newer than every branch in the table, warn on one at or above the floor, fail below). A
+    new major: no known branch serves it (minor-version compatibility never crosses a major),
+    so it fails on every driver at or below the newest known branch and is only unknown
+    (warn) on a driver newer than all of them.
+    """
+    last = cuda_releases()[-1]
+    branch = newest_branch()
+    table = (
+        f"newer than kernelprovider's driver table (last: CUDA {last.toolkit}, driver >= "
+        f"{last.min_driver})"
+    )
+    if floor is not None:
+        if dk[0] > branch:
+            return Verdict(
+                "ok",
+                f"{name} uses CUDA {cuda}, {table}; node {node} has {drv}, a driver branch newer "
+                f"than every one in the table, and CUDA {floor.major}.x runs on any driver >= "
+                f"{floor.min_driver}.",
+                "driver",
+            )
+        if dk >= _key(parse_version(floor.min_driver)):
+            return _minor_compat_warn(f"{name} uses CUDA {cuda}, {table}", node, drv, floor)
+        return _too_old(name, node, floor.min_driver, cuda, drv, hint)
+    if dk[0] <= branch:
+        known = max((m for m in minor_compat()), default=None)
+        serves = f"CUDA {known}.x" if known is not None else "an older CUDA"
+        return Verdict(
+            "fail",
+            f"{name} uses CUDA {cuda}, a newer major than any driver branch kernelprovider knows "
+            f"serves (newest: R{branch}, CUDA {last.toolkit}); node {node} has {drv}, which runs "
+            f"at most {serves}, and minor-version compatibility never crosses a major. Pick an "
+            f"image with CUDA <= {cuda_for_driver(drv) or known} or a node with a newer driver.",
+            "driver",
+        )
+    return Verdict(
+        "warn",
+        f"{name} uses CUDA {cuda}, {table}; node {node} has {drv}, a driver branch newer than "
+        "every one in the table, so the pair cannot be checked; if CUDA reports error 35 or "
+        "803, pick an older image or update kernelprovider.",
         "driver",
     )
 

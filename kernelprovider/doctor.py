@@ -43,10 +43,12 @@ from .apptainer import (
     is_image_uri,
 )
 from .compat import (
+    FrameworkBuild,
     GpuInfo,
     HostFacts,
     ImageFacts,
     Verdict,
+    code_for_gpu,
     cuda_for_driver,
     evaluate,
     parse_version,
@@ -63,10 +65,14 @@ __all__ = [
     "KernelReport",
     "exit_status",
     "format_argv",
+    "framework_dict",
+    "framework_lines",
+    "framework_text",
     "host_lines",
     "hypothetical_host",
     "image_lines",
     "kernel_report",
+    "kernel_summary",
     "launch_lines",
     "make_provisioner",
     "report_dict",
@@ -102,6 +108,8 @@ class KernelReport:
     env: dict[str, str] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The node the report judged (None for reports made without one).
+    host: HostFacts | None = None
 
     @property
     def level(self) -> str:
@@ -216,8 +224,9 @@ def _is_version(text: str) -> bool:
 _FACT_NAMES = (("cuda", "CUDA"), ("cudnn", "cuDNN"), ("tensorflow", "TensorFlow"))
 
 
-def image_lines(facts: ImageFacts) -> list[str]:
-    """The image's CUDA, cuDNN and TensorFlow, each with where it was read."""
+def image_lines(facts: ImageFacts, host: HostFacts | None = None) -> list[str]:
+    """The image's CUDA, cuDNN and TensorFlow, each with where it was read, then what its
+    frameworks were built for (see :func:`framework_lines`)."""
     lines = []
     for attr, title in _FACT_NAMES:
         value = getattr(facts, attr)
@@ -226,7 +235,104 @@ def image_lines(facts: ImageFacts) -> list[str]:
             lines.append(f"  {title}: {value}" + (f" ({source})" if source else ""))
         else:
             lines.append(f"  {title}: not declared (no label, environment variable or file)")
+    return lines + framework_lines(facts, host)
+
+
+def _archs_text(fw: FrameworkBuild) -> str:
+    sass, ptx, where = fw.code_archs()
+    if not sass and not ptx:
+        return ""
+    text = ", ".join(f"sm_{a}" for a in sass)
+    if ptx:
+        text += (" + " if text else "") + "PTX " + ", ".join(f"compute_{a}" for a in ptx)
+    return text + (f" ({where})" if where else "")
+
+
+def framework_text(fw: FrameworkBuild) -> str:
+    """One line about what ``fw`` was built for: version, CUDA/cuDNN, the code it carries."""
+    if fw.gpu_build is False:
+        return f"{fw.label}: CPU-only build"
+    parts = []
+    if fw.cuda:
+        parts.append(f"CUDA {fw.cuda}" + (f", cuDNN {fw.cudnn}" if fw.cudnn else ""))
+    archs = _archs_text(fw)
+    if archs:
+        parts.append(f"code for {archs}")
+    elif fw.gpu_build:
+        parts.append("no compiled GPU code found (kernels are compiled at run time or unread)")
+    return f"{fw.label}: " + ("; ".join(parts) if parts else "build facts not found")
+
+
+def _gpu_ccs(host: HostFacts | None) -> list[tuple[str, tuple[int, int]]]:
+    seen: list[tuple[str, tuple[int, int]]] = []
+    for gpu in host.gpus if host else []:
+        try:
+            v = parse_version(gpu.compute_capability or "")
+        except ValueError:
+            continue
+        cc = (v[0], v[1] if len(v) > 1 else 0)
+        if gpu.sm and all(sm != gpu.sm for sm, _ in seen):
+            seen.append((gpu.sm, cc))
+    return seen
+
+
+def _on_gpus(fw: FrameworkBuild, host: HostFacts | None) -> dict[str, str]:
+    """{sm_90: "native sm_90" | "PTX JIT of compute_80" | "no code"} for the node's GPUs."""
+    sass, ptx, _ = fw.code_archs()
+    if not fw.gpu_build or not (sass or ptx):
+        return {}
+    found = {}
+    for sm, cc in _gpu_ccs(host):
+        status, arch = code_for_gpu(sass, ptx, cc)
+        found[sm] = {
+            "native": f"native sm_{arch}",
+            "ptx": f"PTX JIT of compute_{arch}",
+            "none": "no code",
+        }[status]
+    return found
+
+
+def framework_lines(facts: ImageFacts, host: HostFacts | None = None) -> list[str]:
+    """What the image's frameworks were built for, where that was read, and how their code
+    meets the node's GPUs; then the CUDA runtimes the image ships."""
+    lines = []
+    if facts.frameworks:
+        where = facts.sources.get("frameworks")
+        lines.append("  Frameworks" + (f" (read by {where})" if where else "") + ":")
+        for fw in facts.frameworks:
+            lines.append(f"    {framework_text(fw)}")
+            if fw.facts_from:
+                lines.append(f"      build facts: {fw.facts_from}")
+            on = _on_gpus(fw, host)
+            if on:
+                lines.append(
+                    "      on this node: " + ", ".join(f"{sm}: {how}" for sm, how in on.items())
+                )
+    elif "frameworks" in facts.sources:
+        lines.append(f"  Frameworks: none found (read by {facts.sources['frameworks']})")
+    if facts.cudart:
+        lines.append("  CUDA runtime in the image: " + ", ".join(facts.cudart))
     return lines
+
+
+def framework_dict(fw: FrameworkBuild, host: HostFacts | None = None) -> dict[str, Any]:
+    """One framework for ``--json``: its build facts, the code it carries (``sm_80`` /
+    ``compute_90`` names) and how that code meets each of the node's GPU architectures."""
+    sass, ptx, where = fw.code_archs()
+    return {
+        "name": fw.name,
+        "version": fw.version,
+        "location": fw.location,
+        "cuda": fw.cuda,
+        "cudnn": fw.cudnn,
+        "gpu_build": fw.gpu_build,
+        "facts_from": fw.facts_from,
+        "declared_archs": list(fw.declared_archs),
+        "sass": [f"sm_{a}" for a in sass],
+        "ptx": [f"compute_{a}" for a in ptx],
+        "archs_from": where,
+        "on_gpus": _on_gpus(fw, host),
+    }
 
 
 def launch_lines(report: KernelReport) -> list[str]:
@@ -272,7 +378,7 @@ def report_lines(report: KernelReport) -> list[str]:
     if report.kernel:
         lines.append(f"  Image: {report.image}")
     if report.facts is not None:
-        lines += image_lines(report.facts)
+        lines += image_lines(report.facts, report.host)
     lines += launch_lines(report)
     lines += [f"  Note: {n}" for n in report.notes]
     lines.append("  Verdicts:")
@@ -358,6 +464,8 @@ def report_dict(
                     "cudnn": r.facts.cudnn,
                     "tensorflow": r.facts.tensorflow,
                     "sources": dict(r.facts.sources),
+                    "frameworks": [framework_dict(fw, host) for fw in r.facts.frameworks],
+                    "cudart": list(r.facts.cudart),
                 },
                 "runtime": None if r.runtime is None else asdict(r.runtime),
                 "argv": list(r.argv),
@@ -470,6 +578,7 @@ def kernel_report(
         provisioner=SLURM_PROVISIONER_NAME if slurm else PROVISIONER_NAME,
         gpu=prov.gpu,
         compat_check=prov.compat_check,
+        host=host if node_known else None,
     )
     cwd = os.path.abspath(cwd or os.getcwd())
     env = dict(os.environ if env is None else env)
@@ -589,24 +698,37 @@ def kernel_report(
 
 
 def kernel_verdict(app: Any, name: str, host: HostFacts) -> tuple[str, str]:
-    """(level, short reason) of installed kernel ``name`` on ``host``.
+    """(level, short reason) of installed kernel ``name`` on ``host``; see
+    :func:`kernel_summary`."""
+    level, reason, _ = kernel_summary(app, name, host)
+    return level, reason
+
+
+def kernel_summary(
+    app: Any, name: str, host: HostFacts
+) -> tuple[str, str, list[FrameworkBuild]]:
+    """(level, short reason, the image's frameworks) of installed kernel ``name`` on ``host``.
 
     Called by ``jupyter kernelprovider list`` (``app`` is the ListApp: its config and
-    KernelSpecManager) for its VERDICT column; doctor NAME prints the full story.
+    KernelSpecManager) for its VERDICT and FRAMEWORKS columns; doctor NAME prints the full
+    story.
     """
     spec = app.kernel_spec_manager.get_kernel_spec(name)
     try:
         prov = make_provisioner(app, kernel=name, spec=spec)
     except (TraitError, ValueError) as e:
-        return "fail", f"The kernel's provisioner config is invalid: {e}"
+        return "fail", f"The kernel's provisioner config is invalid: {e}", []
     slurm = hasattr(prov, "srun_args")
     report = kernel_report(prov, host, kernel=name, node_known=not slurm)
+    frameworks = list(report.facts.frameworks) if report.facts is not None else []
     if slurm and report.level == "ok":
-        return "ok", (
+        return (
+            "ok",
             "Image and runtime are fine here; the CUDA verdicts need the node Slurm picks "
-            f"(jupyter kernelprovider doctor {name} --driver-version ...)."
+            f"(jupyter kernelprovider doctor {name} --driver-version ...).",
+            frameworks,
         )
-    return report.level, short_reason(report.verdicts)
+    return report.level, short_reason(report.verdicts), frameworks
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,8 +5,12 @@ images set it, kept by Apptainer in ``/.singularity.d/env/10-docker2singularity.
 one ``apptainer inspect --json --labels --environment``; then, for what is still unknown, files
 inside the image (``/usr/local/cuda/version.json`` or ``version.txt``, cuDNN headers, the
 ``*.dist-info`` of pip's tensorflow and nvidia-* wheels) read by one short ``apptainer exec``.
-Results are cached by (real path, size, mtime) in memory and in a small JSON file, so the
-provisioner pays for this once per image, not once per kernel.
+The same exec runs :mod:`kernelprovider._inside_frameworks` with the image's own Python: what
+its PyTorch, TensorFlow, JAX or CuPy were built for (their version files and the SM
+architectures in the ``.nv_fatbin`` of their CUDA libraries) and which libcudart it ships; for
+a sandbox directory that module reads the files from this host instead. Results are cached
+by (real path, size, mtime) in memory and in a small JSON file, so the provisioner pays for
+this once per image, not once per kernel.
 
 The parsers are pure; :func:`image_facts` blocks (CLI, threads) and :func:`image_facts_async`
 is for the provisioner's event loop.
@@ -24,16 +28,20 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .compat import ImageFacts, parse_version
+from . import _inside_frameworks
+from .compat import FrameworkBuild, ImageFacts, parse_version
 from .errors import ImageNotFound, ImageNotReadable, NotAContainerImage, RuntimeNotFound
 
 __all__ = [
+    "FRAMEWORKS_SCRIPT",
     "INSIDE_SCRIPT",
     "ImageFacts",
+    "apply_framework_scan",
     "clear_cache",
     "default_cache_file",
     "facts_from_metadata",
@@ -46,6 +54,7 @@ __all__ = [
     "parse_cudnn_header",
     "parse_dist_info_name",
     "parse_env_script",
+    "parse_frameworks_output",
     "parse_inside_output",
     "parse_inspect_json",
 ]
@@ -54,7 +63,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds one ``inspect`` or ``exec`` may take before it is given up.
 DEFAULT_TIMEOUT = 60.0
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 
 # Label names, compared case-insensitively, most common first. OCI labels of NVIDIA's and NGC's
 # images survive the conversion to SIF.
@@ -244,8 +253,26 @@ for d in /usr/local/lib/python*/*-packages /usr/lib/python*/*-packages \
     if [ -e "$t" ]; then echo "{_MARK} dist $t"; fi
   done
 done
+if [ -n "$1" ]; then
+  for p in python3 python; do
+    if command -v "$p" >/dev/null 2>&1; then
+      echo "{_MARK} frameworks $p"
+      "$p" -c "$1" /
+      echo
+      break
+    fi
+  done
+fi
 echo "{_MARK} end"
 """
+
+#: The source of :mod:`kernelprovider._inside_frameworks`, run inside an image as
+#: ``python -c FRAMEWORKS_SCRIPT /`` (its first argument, ``$1``, of :data:`INSIDE_SCRIPT`).
+FRAMEWORKS_SCRIPT = (
+    resources.files(__package__ or "kernelprovider")
+    .joinpath("_inside_frameworks.py")
+    .read_text("utf-8")
+)
 
 
 def parse_inside_output(text: str) -> dict[str, tuple[str, str]]:
@@ -285,6 +312,45 @@ def parse_inside_output(text: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+def parse_frameworks_output(text: str) -> dict[str, Any] | None:
+    """The JSON that :data:`FRAMEWORKS_SCRIPT` printed in :data:`INSIDE_SCRIPT`'s output, or
+    None when it did not run (no Python in the image) or printed no JSON."""
+    inside = False
+    for line in text.splitlines():
+        if line.startswith(_MARK):
+            if inside:
+                return None
+            inside = line.startswith(f"{_MARK} frameworks ")
+        elif inside and line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                return None
+            return doc if isinstance(doc, dict) else None
+    return None
+
+
+_FW_FIELDS = {f.name for f in fields(FrameworkBuild)}
+
+
+def apply_framework_scan(facts: ImageFacts, scan: Mapping[str, Any], where: str) -> None:
+    """Put a framework scan (:func:`kernelprovider._inside_frameworks.scan`) into ``facts``:
+    the frameworks, the libcudart files, and TensorFlow's version when nothing else gave it."""
+    facts.frameworks = [
+        FrameworkBuild(**{k: v for k, v in fw.items() if k in _FW_FIELDS})
+        for fw in scan.get("frameworks") or []
+        if isinstance(fw, Mapping) and fw.get("name")
+    ]
+    facts.cudart = [str(p) for p in scan.get("cudart") or []]
+    facts.sources["frameworks"] = where
+    for fw in facts.frameworks:
+        if fw.name == "TensorFlow" and fw.version and facts.tensorflow is None:
+            facts.tensorflow = _clean_version(fw.version)
+            facts.sources["tensorflow"] = fw.location or where
+    for err in scan.get("errors") or []:
+        log.debug("Framework scan of %s: %s", facts.name, err)
+
+
 # --------------------------------------------------------------------------------------------
 # Commands
 
@@ -294,9 +360,22 @@ def inspect_argv(runtime: str, path: str) -> list[str]:
     return [runtime, "inspect", "--json", "--labels", "--environment", path]
 
 
-def inside_argv(runtime: str, path: str) -> list[str]:
-    """The exec that reads version files inside the image: no GPU, no home, no host env."""
-    return [runtime, "exec", "--cleanenv", "--contain", path, "/bin/sh", "-c", INSIDE_SCRIPT]
+def inside_argv(runtime: str, path: str, frameworks: bool = True) -> list[str]:
+    """The exec that reads version files inside the image: no GPU, no home, no host env.
+    ``frameworks``: also run :data:`FRAMEWORKS_SCRIPT` with the image's Python."""
+    script = FRAMEWORKS_SCRIPT if frameworks else ""
+    return [
+        runtime,
+        "exec",
+        "--cleanenv",
+        "--contain",
+        path,
+        "/bin/sh",
+        "-c",
+        INSIDE_SCRIPT,
+        "kernelprovider-inside",
+        script,
+    ]
 
 
 def _resolve_runtime(runtime: str) -> str:
@@ -559,12 +638,27 @@ async def image_facts_async(
     if rc != 0:
         raise _inspect_failed(exe, path, rc, err)
     facts = _facts_from_inspect(exe, path, out, err)
-    if look_inside and _needs_inside(facts):
-        try:
-            _, inner, _ = await _run_async(inside_argv(exe, key[0]), timeout)
-            _merge_inside(facts, parse_inside_output(inner))
-        except (OSError, asyncio.TimeoutError) as e:
-            log.debug("Could not read version files inside %s: %s", path, e)
+    if look_inside:
+        # A sandbox directory's files are read from here; a SIF's through one exec.
+        sandbox = os.path.isdir(key[0])
+        if _needs_inside(facts) or not sandbox:
+            try:
+                argv = inside_argv(exe, key[0], frameworks=not sandbox)
+                _, inner, _ = await _run_async(argv, timeout)
+                _merge_inside(facts, parse_inside_output(inner))
+                scan = None if sandbox else parse_frameworks_output(inner)
+                if scan is not None:
+                    apply_framework_scan(facts, scan, "the image's Python")
+            except (OSError, asyncio.TimeoutError) as e:
+                log.debug("Could not read version files inside %s: %s", path, e)
+        if sandbox:
+            try:
+                scan = await asyncio.wait_for(
+                    asyncio.to_thread(_inside_frameworks.scan, key[0]), timeout
+                )
+                apply_framework_scan(facts, scan, "the sandbox's files")
+            except (OSError, ValueError, asyncio.TimeoutError) as e:
+                log.debug("Could not read the frameworks of %s: %s", path, e)
     await asyncio.to_thread(_cache_put, key, look_inside, disk, facts)
     return facts
 

@@ -7,6 +7,9 @@
 #    own glibc when the host's is too old) unless `apptainer` is already on PATH, and links it
 #    to /usr/local/bin/apptainer.
 # 2. Builds the test images into build/images/ (only those that are missing or outdated).
+#    kp-frameworks.sif carries genuine framework files taken from published wheels (JAX's CUDA
+#    12 plugin with its .nv_fatbin GPU code, NVIDIA's CUDA runtime wheel), downloaded once with
+#    the host's own pip configuration into build/cache/wheels.
 # 3. Prints what it has.
 #
 # Idempotent: a second run rebuilds nothing and needs no network. Everything cached lives under
@@ -446,7 +449,37 @@ image_stage() {
         kp-test) echo ipykernel ;;
         kp-noipykernel) echo python3 ;;
         kp-nopython) echo minbase ;;
+        kp-frameworks) echo ipykernel ;;
     esac
+}
+
+# Published wheels whose files go into kp-frameworks.sif as they are: JAX's CUDA 12 plugin
+# (version.py, dist-info and libraries with a .nv_fatbin section: sm_50..sm_120 code and
+# compute_120 PTX) and NVIDIA's CUDA runtime (libcudart.so.12). Small (15 MB together).
+FRAMEWORK_WHEELS=(jax-cuda12-plugin==0.7.0 nvidia-cuda-runtime-cu12==12.9.79)
+
+# The pip that downloads them: the venv's (make venv), else the host's python3.
+host_pip() {
+    if [ -x "$BUILD/venv/bin/python" ]; then "$BUILD/venv/bin/python" -m pip "$@"
+    elif python3 -m pip --version >/dev/null 2>&1; then python3 -m pip "$@"
+    else die "no pip to download the framework wheels with: run 'make venv' first"; fi
+}
+
+cached_wheel() { # cached_wheel NAME==VERSION: path of its wheel in the cache, or nothing
+    local name=${1%%==*} version=${1##*==}
+    find "$CACHE/wheels" -maxdepth 1 -name "${name//-/_}-$version-*.whl" 2>/dev/null | head -n1
+}
+
+ensure_framework_wheels() {
+    local spec
+    mkdir -p "$CACHE/wheels"
+    for spec in "${FRAMEWORK_WHEELS[@]}"; do
+        [ -n "$(cached_wheel "$spec")" ] && continue
+        log "wheels: downloading $spec (once; cached in $CACHE/wheels)"
+        host_pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+            --platform manylinux2014_x86_64 -d "$CACHE/wheels" "$spec" >"$WORK/wheels.log" 2>&1 ||
+            { tail -n 20 "$WORK/wheels.log" >&2; die "pip download $spec failed (log: $WORK/wheels.log)"; }
+    done
 }
 
 customize_image() { # customize_image NAME ROOTFS
@@ -454,6 +487,13 @@ customize_image() { # customize_image NAME ROOTFS
         kp-test)
             mkdir -p "$2/usr/local/cuda"
             echo "CUDA Version 9.2.148" >"$2/usr/local/cuda/version.txt"
+            ;;
+        kp-frameworks)
+            # Unpacked as pip would install them (files only: nothing is imported).
+            mkdir -p "$2/usr/lib/python3/dist-packages"
+            for spec in "${FRAMEWORK_WHEELS[@]}"; do
+                python3 -m zipfile -e "$(cached_wheel "$spec")" "$2/usr/lib/python3/dist-packages"
+            done
             ;;
     esac
 }
@@ -483,6 +523,12 @@ EOF
     KERNELPROVIDER_TEST 1
 EOF
             ;;
+        kp-frameworks)
+            cat <<'EOF'
+    org.opencontainers.image.title kernelprovider test image with genuine framework files
+    KERNELPROVIDER_TEST 1
+EOF
+            ;;
     esac
     printf '\n%%environment\n'
     case "$name" in
@@ -496,7 +542,8 @@ image_key() {
     {
         echo "recipe=$RECIPE_VERSION comp=$COMP stage=$(image_stage "$name")-$(stage_key "$(image_stage "$name")")"
         image_def "$name" ROOTFS
-        declare -f strip_rootfs customize_image
+        declare -f strip_rootfs customize_image cached_wheel
+        if [ "$name" = kp-frameworks ]; then declare -p FRAMEWORK_WHEELS; fi
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -546,7 +593,8 @@ ensure_broken_images() {
 # ---------------------------------------------------------------------------------------------
 ensure_host_packages
 ensure_apptainer
-for img in kp-test kp-noipykernel kp-nopython; do ensure_image "$img"; done
+ensure_framework_wheels
+for img in kp-test kp-noipykernel kp-nopython kp-frameworks; do ensure_image "$img"; done
 ensure_broken_images
 rmdir "$ROOTFS" 2>/dev/null || true
 

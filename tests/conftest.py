@@ -51,6 +51,8 @@ class Images:
         self.noipykernel = root / "kp-noipykernel.sif"
         self.nopython = root / "kp-nopython.sif"
         self.corrupt = root / "corrupt.sif"
+        #: Genuine framework files from published wheels (JAX's CUDA 12 plugin, libcudart 12).
+        self.frameworks = root / "kp-frameworks.sif"
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -261,3 +262,106 @@ def test_list_shows_each_kernels_verdict(images, install_kernel, jupyter_dirs) -
         "tf18cpu runs without a GPU (gpu=none), so the driver is not checked.",
     )
     assert doc["tf18cpu"]["image_state"] == "ok"  # the existing columns stay
+
+
+# --------------------------------------------------------------------------------------------
+# What the image's frameworks were built for, read from genuine files (kp-frameworks.sif:
+# the published jax-cuda12-plugin 0.7.0 and nvidia-cuda-runtime-cu12 12.9.79 wheels)
+
+H200 = ("--driver-version", "580.95.05", "--compute-capability", "9.0", "--gpu-name", "NVIDIA H200")
+SITE = "/usr/lib/python3/dist-packages"
+
+
+def _frameworks_report(image: Path | str, *node: str) -> tuple[dict, subprocess.CompletedProcess]:
+    run = cli("doctor", str(image), *node, "--json")
+    (report,) = json.loads(run.stdout)["reports"]
+    return report, run
+
+
+def _assert_jax_facts(report: dict) -> None:
+    facts = report["image_facts"]
+    (jax,) = facts["frameworks"]
+    assert (jax["name"], jax["version"], jax["cuda"], jax["gpu_build"]) == (
+        "JAX",
+        "0.7.0",
+        "12",
+        True,
+    )
+    # The SM code the plugin's libraries really carry (their .nv_fatbin sections).
+    assert jax["sass"] == ["sm_50", "sm_60", "sm_70", "sm_80", "sm_90", "sm_100", "sm_120"]
+    assert jax["ptx"] == ["compute_120"]
+    assert jax["archs_from"].startswith(f"{SITE}/jax_cuda12_plugin/{{")
+    assert jax["on_gpus"] == {"sm_90": "native sm_90"}
+    assert facts["cudart"] == [f"{SITE}/nvidia/cuda_runtime/lib/libcudart.so.12"]
+    assert facts["cuda"] == "12.9.79"  # the nvidia-cuda-runtime-cu12 wheel
+
+
+def test_doctor_reads_what_a_sifs_frameworks_were_built_for(images, jupyter_dirs) -> None:
+    report, run = _frameworks_report(images.frameworks, *H200)
+    assert run.returncode == 0, run.stdout + run.stderr
+    _assert_jax_facts(report)
+    assert report["image_facts"]["sources"]["frameworks"] == "the image's Python"
+    by_check = {}
+    for v in report["verdicts"]:
+        by_check.setdefault(v["check"], []).append(v)
+    (arch,) = by_check["arch"]
+    assert arch["level"] == "ok" and "runs natively on NVIDIA H200 (sm_90)" in arch["reason"]
+    (runtime,) = by_check["framework"]
+    assert runtime["level"] == "ok" and "ships libcudart.so.12" in runtime["reason"]
+    text = cli("doctor", str(images.frameworks), *H200).stdout
+    assert "  Frameworks (read by the image's Python):\n" in text
+    assert (
+        "    JAX 0.7.0: CUDA 12; code for sm_50, sm_60, sm_70, sm_80, sm_90, sm_100, sm_120" in text
+    )
+    assert "      on this node: sm_90: native sm_90\n" in text
+
+
+def test_a_gpu_the_frameworks_carry_no_code_for_fails(images, jupyter_dirs) -> None:
+    report, run = _frameworks_report(
+        images.frameworks, "--driver-version", "470.82.01", "--compute-capability", "3.5"
+    )
+    assert run.returncode == 1
+    arch = next(v for v in report["verdicts"] if v["check"] == "arch")
+    assert arch["level"] == "fail" and "no kernel image is available" in arch["reason"]
+    assert "Pick an image built for sm_35" in arch["reason"]
+
+
+def test_a_sandbox_directory_is_read_from_its_files(images, jupyter_dirs, tmp_path) -> None:
+    # The same root filesystem as a sandbox directory: the SIF's squashfs partition unpacked.
+    unsquashfs = shutil.which("unsquashfs")
+    if unsquashfs is None:
+        pytest.fail("unsquashfs (squashfs-tools) is missing: run scripts/setup-testenv.sh")
+    with open(images.frameworks, "rb") as f:
+        offset = f.read(1 << 20).find(b"hsqs")
+    assert offset > 0, "no squashfs partition in the SIF"
+    sandbox = tmp_path / "kp-frameworks"
+    subprocess.run(
+        [
+            unsquashfs,
+            "-no-xattrs",
+            "-q",
+            "-o",
+            str(offset),
+            "-d",
+            str(sandbox),
+            str(images.frameworks),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    report, run = _frameworks_report(sandbox, *H200)
+    assert run.returncode == 0, run.stdout + run.stderr
+    _assert_jax_facts(report)
+    assert report["image_facts"]["sources"]["frameworks"] == "the sandbox's files"
+
+
+def test_list_shows_the_frameworks(images, install_kernel, jupyter_dirs) -> None:
+    install_kernel("jax", images.frameworks)
+    run = cli("list")
+    assert run.returncode == 0
+    head, row = run.stdout.splitlines()
+    assert head.split()[-1] == "FRAMEWORKS"
+    assert "JAX 0.7.0: CUDA 12; code for sm_50" in row
+    (doc,) = json.loads(cli("list", "--json").stdout)
+    assert doc["frameworks"][0]["ptx"] == ["compute_120"]

@@ -106,9 +106,12 @@ def test_version_at_least(version: str, minimum: str, expected: bool) -> None:
         ("10.0.130", "410.48"),
         ("10.1", "418.39"),
         ("10.2", "440.33"),
-        ("11.0", "450.36.06"),
+        ("7.0", "346.46"),
+        ("7.5.16", "352.31"),
+        ("11.0", "450.51.05"),  # the GA's minimum, not the 11.0.1 RC's 450.36.06
+        ("11.0.1", "450.36.06"),  # the RC row, asked for exactly
         ("11.0.3", "450.51.06"),
-        ("11.0.0", "450.36.06"),  # no such row: the major.minor's minimum
+        ("11.0.0", "450.51.05"),  # no such row: the major.minor's GA minimum
         ("11.2", "460.27.03"),
         ("11.4.4", "470.82.01"),
         ("11.8", "520.61.05"),
@@ -121,6 +124,7 @@ def test_version_at_least(version: str, minimum: str, expected: bool) -> None:
         ("12.9.1", "575.57.08"),
         ("13.0", "580.65.06"),
         ("13.2.2", "595.71.05"),
+        ("13.3", "R610"),  # NVIDIA gives a driver branch for CUDA 13.3
         ("9", "384.81"),  # a bare major is major.0
     ],
 )
@@ -128,7 +132,7 @@ def test_min_driver_for_cuda(cuda: str, driver: str) -> None:
     assert min_driver_for_cuda(cuda) == driver
 
 
-@pytest.mark.parametrize("cuda", ["7.5", "12.7", "13.3", "14.0"])
+@pytest.mark.parametrize("cuda", ["6.5", "12.7", "13.4", "14.0"])
 def test_min_driver_for_cuda_unknown(cuda: str) -> None:
     assert min_driver_for_cuda(cuda) is None
 
@@ -141,6 +145,8 @@ def test_min_driver_for_cuda_unknown(cuda: str) -> None:
         ("520.61.05", "11.8"),
         ("535.104.05", "12.2"),
         ("580.159.04", "13.0"),
+        ("610.43.02", "13.3"),  # a branch row: any 610.x
+        ("352.31", "7.5"),
         ("300.10", None),
     ],
 )
@@ -150,7 +156,10 @@ def test_cuda_for_driver(driver: str, cuda: str | None) -> None:
 
 def test_tables_load_with_their_source_comments_skipped() -> None:
     releases = compat.cuda_releases()
-    assert releases[0].toolkit == "8.0.44" and releases[-1].toolkit == "13.2.2"
+    assert releases[0].toolkit == "7.0.28"
+    by_toolkit = {r.toolkit: r for r in releases}
+    assert by_toolkit["13.3.0"].is_branch and not by_toolkit["13.2.2"].is_branch
+    assert by_toolkit["11.0.1"].is_prerelease and not by_toolkit["11.0.2"].is_prerelease
     assert all(not r.release.startswith("#") for r in releases)
     drivers = [parse_version(r.min_driver) for r in releases]
     assert all(
@@ -158,15 +167,19 @@ def test_tables_load_with_their_source_comments_skipped() -> None:
     ), "NVIDIA's minimums never go down from one release to the next"
     assert {m: c.min_driver for m, c in compat.minor_compat().items()} == {
         11: "450.80.02",
-        12: "525.60.13",
+        12: "525",  # NVIDIA's ">= 525", not the older 525.60.13
         13: "580",
     }
     assert compat.tensorflow_configs()[(1, 8)].cuda == "9"
     assert compat.tensorflow_configs()[(2, 15)].cudnn == "8.9"
+    assert (2, 19) not in compat.tensorflow_configs()  # no sourced row
     arch = compat.arch_support()
     assert (arch["sm_90"].first_cuda, arch["sm_90"].last_cuda) == ("11.8", None)
     assert (arch["sm_35"].first_cuda, arch["sm_35"].last_cuda) == ("5.0", "11.8")
     assert arch["sm_70"].last_cuda == "12.9"  # CUDA 13.0 dropped Maxwell, Pascal and Volta
+    assert (arch["sm_101"].first_cuda, arch["sm_101"].last_cuda) == ("12.8", "12.9")
+    assert arch["sm_110"].first_cuda == "13.0"  # Thor, renamed from sm_101 in CUDA 13.0
+    assert [arch[s].first_cuda for s in ("sm_103", "sm_121", "sm_88")] == ["12.9", "12.9", "13.0"]
 
 
 def test_data_files_name_their_source() -> None:
@@ -175,7 +188,7 @@ def test_data_files_name_their_source() -> None:
     data = resources.files("kernelprovider").joinpath("data")
     for name, source in [
         ("cuda_driver.csv", "Table 3"),
-        ("cuda_minor_compat.csv", "Table 2"),
+        ("cuda_minor_compat.csv", "minor-version-compatibility"),
         ("tensorflow_cuda.csv", "tensorflow.org"),
         ("cuda_arch.csv", "clang"),
     ]:
@@ -183,6 +196,17 @@ def test_data_files_name_their_source() -> None:
         header = [ln for ln in text.splitlines() if ln.startswith("#")]
         assert any(source in ln for ln in header), name
         assert any("Gathered: " in ln for ln in header), name
+
+
+def test_every_driver_row_names_a_source_the_file_describes() -> None:
+    from importlib import resources
+
+    text = resources.files("kernelprovider").joinpath("data/cuda_driver.csv").read_text("utf-8")
+    described = {
+        ln.split()[1] for ln in text.splitlines() if ln.startswith("#   ") and ln[4:5] != " "
+    }
+    for r in compat.cuda_releases():
+        assert r.source in described, r
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +232,8 @@ def test_data_files_name_their_source() -> None:
         ("12.0", "525.60.13", "ok"),
         ("12.4", "550.54.14", "ok"),
         ("12.4", "525.60.13", "warn"),  # minor-version compatibility
-        ("12.4", "525.60.12", "fail"),
+        ("12.4", "525.60.12", "warn"),  # NVIDIA's 12.x floor is the R525 branch, not 525.60.13
+        ("12.4", "520.61.05", "fail"),
         ("12.4", "520", "fail"),
         ("12.4", "520.61.05", "fail"),
         ("12.8", "570.26", "ok"),
@@ -218,10 +243,21 @@ def test_data_files_name_their_source() -> None:
         ("13.2", "580.159.04", "warn"),
         ("13.2", "575.57.08", "fail"),
         ("12.7", "570.26", "ok"),  # no 12.7 release: 12.8's minimum is enough
-        ("13.3", "600.10", "warn"),  # newer than the table, same major: floor met
+        ("7.5", "352.31", "ok"),
+        ("7.0", "346.45", "fail"),
+        ("11.0", "450.51.05", "ok"),  # the GA's minimum
+        ("11.0", "450.36.06", "fail"),  # the RC's driver is below the GA's and the 11.x floor
+        ("11.0.1", "450.36.06", "ok"),  # the RC itself
+        ("13.3", "610.43.02", "ok"),  # branch row R610
+        ("13.3", "595.71.05", "warn"),  # below R610, above the 13.x floor
         ("13.3", "575.57.08", "fail"),  # below the 13.x floor
-        ("14.0", "600.10", "warn"),  # unknown future major
-        ("14.0", "535.104.05", "fail"),  # older than even CUDA 13.2.2's minimum
+        ("13.4", "615.10", "ok"),  # newer than the table, on a newer branch than any in it
+        ("13.4", "610.43.02", "warn"),  # newer than the table: minor-version compatibility
+        ("13.5", "580.65.06", "warn"),
+        ("13.4", "575.57.08", "fail"),
+        ("14.0", "615.10", "warn"),  # new major, driver newer than every known branch
+        ("14.0", "610.43.02", "fail"),  # new major on the newest known branch
+        ("14.0", "535.104.05", "fail"),
     ],
 )
 def test_driver_levels(cuda: str, driver: str, level: str) -> None:
@@ -253,7 +289,7 @@ def test_minor_compat_warning_mentions_ptx_error_222() -> None:
     assert v.level == "warn"
     assert "needs NVIDIA driver >= 550.54.14 (CUDA 12.4)" in v.reason
     assert "node gpu01 has 525.60.13" in v.reason
-    assert "CUDA 12.x minor-version compatibility (driver >= 525.60.13)" in v.reason
+    assert "CUDA 12.x minor-version compatibility (driver >= 525)" in v.reason
     assert "PTX" in v.reason and "222" in v.reason
 
 
@@ -271,11 +307,35 @@ def test_driver_older_than_every_cuda_gives_partition_hint_only() -> None:
     assert v.reason.endswith("node gpu01 has 340.108. Pick another partition.")
 
 
-def test_unknown_future_major_cannot_be_checked() -> None:
-    v = only(evaluate(image("14.0"), host("600.10")), "driver")
+def test_unknown_future_major_cannot_be_checked_above_every_known_branch() -> None:
+    v = only(evaluate(image("14.0"), host("615.10")), "driver")
     assert v.level == "warn"
     assert "CUDA 14.0" in v.reason and "cannot be checked" in v.reason
-    assert "13.2.2" in v.reason and "600.10" in v.reason and NODE in v.reason
+    assert "615.10" in v.reason and NODE in v.reason
+
+
+def _driver_of(minimum: str) -> str:
+    # A driver of a table row: the exact minimum, or the top of a branch row (R610 -> 610.99.99).
+    return f"{minimum[1:]}.99.99" if minimum.startswith("R") else minimum
+
+
+@pytest.mark.parametrize("release", compat.cuda_releases(), ids=lambda r: r.toolkit)
+def test_new_major_fails_on_every_known_driver(release: compat.CudaRelease) -> None:
+    # Minor-version compatibility never crosses a major: no driver that NVIDIA names for a
+    # CUDA release in the table runs the next major.
+    newest_major = max(parse_version(r.toolkit)[0] for r in compat.cuda_releases())
+    v = only(
+        evaluate(image(f"{newest_major + 1}.0"), host(_driver_of(release.min_driver))), "driver"
+    )
+    assert v.level == "fail", v.reason
+    assert "never crosses a major" in v.reason and "Pick an image with CUDA <=" in v.reason
+
+
+@pytest.mark.parametrize("release", compat.cuda_releases(), ids=lambda r: r.toolkit)
+def test_every_release_is_ok_on_its_own_minimum(release: compat.CudaRelease) -> None:
+    v = only(evaluate(image(release.toolkit), host(_driver_of(release.min_driver))), "driver")
+    assert v.level == "ok", v.reason
+    assert "not in kernelprovider's driver table" not in v.reason
 
 
 def test_no_driver_on_node_fails_with_next_step() -> None:
@@ -321,7 +381,7 @@ def test_unreadable_versions_warn_instead_of_crashing() -> None:
         ("11.0", "8.6", "ok", ["sm_80 code runs", "sm_86"]),  # same family, binary compatible
         ("12.4", "10.0", "warn", ["sm_100", "CUDA >= 12.8"]),
         ("12.8", "12.0", "ok", ["sm_120"]),
-        ("12.8", "10.3", "ok", ["sm_100 code runs", "sm_103"]),
+        ("12.8", "10.3", "ok", ["code runs", "sm_103", "native sm_103 needs CUDA >= 12.9"]),
         ("9.2", "5.2", "ok", ["native", "sm_52"]),
         ("12.4", "15.0", "warn", ["sm_150", "newer than", "PTX"]),
     ],
@@ -397,7 +457,7 @@ def test_tf18_with_cuda92_names_the_tested_pair() -> None:
 
 def test_untested_tensorflow_says_so() -> None:
     v = only(evaluate(image("12.5", tf="2.22"), host("580.159.04")), "tensorflow")
-    assert "untested" in v.reason and "2.21" in v.reason
+    assert "untested" in v.reason and "tested build configurations" in v.reason
 
 
 def test_no_tensorflow_no_tensorflow_verdict() -> None:
@@ -451,3 +511,130 @@ def test_the_headline_case_end_to_end() -> None:
     ]
     assert worst(verdicts) == "fail"
     assert [v.check for v in evaluate_policy(verdicts, "enforce")] == ["driver"]
+
+
+# --------------------------------------------------------------------------------------------
+# What the image's frameworks were built for outranks the tables
+
+
+def fw(name: str = "PyTorch", version: str = "2.5.1+cu124", **kw: object) -> compat.FrameworkBuild:
+    kw.setdefault("gpu_build", True)
+    return compat.FrameworkBuild(name, version, **kw)  # type: ignore[arg-type]
+
+
+def with_fw(
+    *builds: compat.FrameworkBuild, cuda: str | None = None, cudart: tuple = ()
+) -> ImageFacts:
+    return ImageFacts(name=IMAGE, cuda=cuda, frameworks=list(builds), cudart=list(cudart))
+
+
+CUDART12 = "/usr/local/lib/python3.11/dist-packages/nvidia/cuda_runtime/lib/libcudart.so.12"
+
+
+@pytest.mark.parametrize(
+    ("sass", "ptx", "cc", "level", "words"),
+    [
+        ([80, 90], [90], "9.0", "ok", ["sm_80, sm_90", "runs natively on", "(sm_90)"]),
+        ([80, 86], [], "8.9", "ok", ["its sm_86 code runs on sm_89"]),
+        ([35, 52], [52], "9.0", "warn", ["PTX JIT", "compute_52", "sm_35, sm_52"]),
+        ([50, 60, 70, 80, 90, 100, 120], [120], "12.1", "ok", ["sm_120 code runs on sm_121"]),
+        (
+            [80, 90],
+            [90],
+            "7.0",
+            "fail",
+            ["no kernel image is available", "Pick an image built for sm_70"],
+        ),
+        ([], [80], "9.0", "warn", ["PTX compute_80 only", "PTX JIT"]),
+        ([90], [], "10.0", "fail", ["no kernel image"]),
+    ],
+)
+def test_framework_code_against_the_gpu(
+    sass: list[int], ptx: list[int], cc: str, level: str, words: list[str]
+) -> None:
+    image_ = with_fw(
+        fw(cuda="12.4", sass=sass, ptx=ptx, archs_from="torch/lib/x.so"), cudart=(CUDART12,)
+    )
+    v = only(evaluate(image_, host("580.95.05", cc, names=("NVIDIA TEST",))), "arch")
+    assert v.level == level, v.reason
+    assert "PyTorch 2.5.1+cu124 (CUDA 12.4)" in v.reason and "NVIDIA TEST" in v.reason
+    for word in words:
+        assert word in v.reason
+
+
+def test_tf18_compiled_for_35_52_runs_on_sm90_only_through_ptx() -> None:
+    tf = fw(
+        "TensorFlow",
+        "1.8.0",
+        cuda="9.2",
+        cudnn="7.1",
+        declared_archs=["3.5", "5.2"],
+        facts_from="/usr/local/lib/python3.6/dist-packages/tensorflow/python/platform/build_info.py",
+    )
+    verdicts = evaluate(
+        with_fw(tf, cuda="9.2", cudart=("/usr/local/cuda-9.2/lib64/libcudart.so.9.2.148",)),
+        host("580.95.05", "9.0", names=("NVIDIA H200",)),
+    )
+    arch = only(verdicts, "arch")
+    assert arch.level == "warn"
+    assert (
+        "compiled for sm_35, sm_52 with PTX compute_52 (declared in its build_info.py)"
+        in arch.reason
+    )
+    assert "PTX JIT" in arch.reason and "first use compiles for minutes" in arch.reason
+    # A site's TF built against CUDA 9.2 is not told "tested with 9.0": its own facts win.
+    assert not [v for v in verdicts if v.check == "tensorflow"]
+    assert only(verdicts, "framework").level == "ok"
+
+
+def test_framework_built_against_a_cuda_the_image_does_not_ship_fails() -> None:
+    tf = fw("TensorFlow", "1.8.0", cuda="9.0", cudnn="7")
+    v = only(
+        evaluate(
+            with_fw(tf, cuda="9.2", cudart=("/usr/local/cuda-9.2/lib64/libcudart.so.9.2.148",)),
+            host("580.95.05"),
+        ),
+        "framework",
+    )
+    assert v.level == "fail"
+    assert "needs libcudart.so.9.0" in v.reason and "ships only libcudart.so.9.2" in v.reason
+    assert "Pick an image" in v.reason
+
+
+def test_framework_cuda_against_declared_cuda_without_libraries_warns() -> None:
+    v = only(evaluate(with_fw(fw(cuda="12.4"), cuda="11.8"), host("580.95.05")), "framework")
+    assert v.level == "warn" and "libcudart.so.12" in v.reason and "CUDA 11.8" in v.reason
+
+
+def test_framework_cuda_is_checked_against_the_driver_too() -> None:
+    # A pip PyTorch for CUDA 12.8 in an image whose toolkit is 11.8.
+    verdicts = evaluate(
+        with_fw(fw(version="2.7.0+cu128", cuda="12.8"), cuda="11.8", cudart=(CUDART12,)),
+        host("535.104.05"),
+    )
+    drivers = [v for v in verdicts if v.check == "driver"]
+    assert [v.level for v in drivers] == ["ok", "warn"]
+    assert "PyTorch 2.7.0+cu128 needs NVIDIA driver >= 570.26 (CUDA 12.8)" in drivers[1].reason
+
+
+def test_image_without_cuda_label_is_judged_by_its_framework() -> None:
+    v = only(evaluate(with_fw(fw(cuda="12.4"), cudart=(CUDART12,)), host("520.61.05")), "driver")
+    assert v.level == "fail" and "needs NVIDIA driver >= 550.54.14 (CUDA 12.4)" in v.reason
+
+
+def test_cpu_only_build_warns_that_the_gpu_stays_idle() -> None:
+    verdicts = evaluate(
+        with_fw(fw(version="2.13.0+cpu", gpu_build=False)), host("580.95.05", "9.0")
+    )
+    v = only(verdicts, "framework")
+    assert v.level == "warn" and "CPU-only build" in v.reason and "PyTorch 2.13.0+cpu" in v.reason
+
+
+def test_cudart_sonames() -> None:
+    assert [compat.cudart_soname(c) for c in ("9.2.148", "10.0", "11.8", "12.4.127", "13")] == [
+        "9.2",
+        "10.0",
+        "11.0",
+        "12",
+        "13",
+    ]

@@ -11,12 +11,13 @@ from jupyter_client.kernelspec import KernelSpec
 from traitlets.config import Application, Config
 
 from kernelprovider.apptainer import RuntimeInfo
-from kernelprovider.compat import GpuInfo, HostFacts, ImageFacts, Verdict
+from kernelprovider.compat import FrameworkBuild, GpuInfo, HostFacts, ImageFacts, Verdict
 from kernelprovider.doctor import (
     NO_DRIVER,
     KernelReport,
     exit_status,
     format_argv,
+    framework_dict,
     host_lines,
     hypothetical_host,
     image_lines,
@@ -396,6 +397,8 @@ def test_report_dict_is_json() -> None:
         "cudnn": None,
         "tensorflow": None,
         "sources": {"cuda": "label CUDA_VERSION"},
+        "frameworks": [],
+        "cudart": [],
     }
     assert entry["runtime"] == {
         "path": "/usr/bin/apptainer",
@@ -490,3 +493,61 @@ def test_kernel_report_gpu_none_skips_the_driver(monkeypatch) -> None:
         in report.verdicts
     )
     assert "--nv" not in report.argv
+
+
+# --------------------------------------------------------------------------------------------
+# What the image's frameworks were built for
+
+
+TORCH = FrameworkBuild(
+    "PyTorch",
+    "2.5.1+cu124",
+    location="/usr/local/lib/python3.11/dist-packages/torch",
+    cuda="12.4",
+    gpu_build=True,
+    sass=[50, 60, 70, 75, 80, 86, 90],
+    ptx=[90],
+    archs_from="/usr/local/lib/python3.11/dist-packages/torch/lib/libtorch_cuda.so",
+    facts_from="/usr/local/lib/python3.11/dist-packages/torch/version.py",
+)
+TF18 = FrameworkBuild(
+    "TensorFlow",
+    "1.8.0",
+    cuda="9.0",
+    cudnn="7",
+    gpu_build=True,
+    declared_archs=["3.5", "5.2"],
+    facts_from="/usr/lib/python3/dist-packages/tensorflow/python/platform/build_info.py",
+)
+
+
+def test_framework_lines_show_build_facts_and_the_node_gpus() -> None:
+    facts = ImageFacts(
+        "pt.sif",
+        frameworks=[TORCH, TF18, FrameworkBuild("PyTorch", "2.13.0+cpu", gpu_build=False)],
+        cudart=["/usr/local/cuda-12.4/lib64/libcudart.so.12"],
+        sources={"frameworks": "the image's Python"},
+    )
+    text = "\n".join(image_lines(facts, NODE))
+    assert "Frameworks (read by the image's Python):" in text
+    assert "PyTorch 2.5.1+cu124: CUDA 12.4; code for sm_50" in text
+    assert (
+        "+ PTX compute_90 (/usr/local/lib/python3.11/dist-packages/torch/lib/libtorch_cuda.so)"
+        in text
+    )
+    assert "on this node: sm_90: native sm_90" in text
+    assert "TensorFlow 1.8.0: CUDA 9.0, cuDNN 7; code for sm_35, sm_52 + PTX compute_52" in text
+    assert "sm_90: PTX JIT of compute_52" in text
+    assert "PyTorch 2.13.0+cpu: CPU-only build" in text
+    assert "CUDA runtime in the image: /usr/local/cuda-12.4/lib64/libcudart.so.12" in text
+
+
+def test_framework_dict_is_machine_readable() -> None:
+    doc = json.loads(json.dumps(framework_dict(TORCH, NODE)))
+    assert doc["sass"][-1] == "sm_90" and doc["ptx"] == ["compute_90"]
+    assert doc["cuda"] == "12.4" and doc["gpu_build"] is True
+    assert doc["on_gpus"] == {"sm_90": "native sm_90"}
+    assert doc["archs_from"].endswith("libtorch_cuda.so")
+    tf = framework_dict(TF18, NODE)
+    assert tf["sass"] == ["sm_35", "sm_52"] and tf["ptx"] == ["compute_52"]
+    assert tf["on_gpus"] == {"sm_90": "PTX JIT of compute_52"}

@@ -16,6 +16,7 @@ from kernelprovider import image
 from kernelprovider.compat import HostFacts, ImageFacts, evaluate
 from kernelprovider.errors import ImageNotFound, NotAContainerImage, RuntimeNotFound
 from kernelprovider.image import (
+    FRAMEWORKS_SCRIPT,
     INSIDE_SCRIPT,
     facts_from_metadata,
     image_facts,
@@ -317,7 +318,8 @@ def test_argv_are_lists_without_shell() -> None:
     ]
     argv = inside_argv("apptainer", "/img/a b.sif")
     assert argv[:5] == ["apptainer", "exec", "--cleanenv", "--contain", "/img/a b.sif"]
-    assert argv[5:] == ["/bin/sh", "-c", INSIDE_SCRIPT]
+    assert argv[5:] == ["/bin/sh", "-c", INSIDE_SCRIPT, "kernelprovider-inside", FRAMEWORKS_SCRIPT]
+    assert inside_argv("apptainer", "/img/a", frameworks=False)[-1] == ""
 
 
 def test_inside_script_is_valid_posix_sh(tmp_path: Path) -> None:
@@ -365,7 +367,7 @@ def sif(tmp_path: Path, name: str = "tf-1.8-cuda-9.2.sif") -> Path:
     return path
 
 
-def test_image_facts_from_labels_needs_no_exec(tmp_path: Path) -> None:
+def test_image_facts_from_labels_and_one_exec_for_the_frameworks(tmp_path: Path) -> None:
     runtime = fake_runtime(tmp_path, INSPECT_1_4_5)
     facts = image_facts(str(sif(tmp_path)), runtime, use_disk_cache=False)
     assert facts == ImageFacts(
@@ -380,7 +382,8 @@ def test_image_facts_from_labels_needs_no_exec(tmp_path: Path) -> None:
             "tensorflow": "label TENSORFLOW_VERSION",
         },
     )
-    assert calls(tmp_path) == ["inspect"]
+    # Labels win; the one exec is for what the frameworks were built for.
+    assert calls(tmp_path) == ["inspect", "exec"]
 
 
 def test_image_facts_looks_inside_for_what_is_missing(tmp_path: Path) -> None:
@@ -406,15 +409,15 @@ def test_image_facts_cached_in_memory_and_on_disk(tmp_path: Path) -> None:
     cache = tmp_path / "cache" / "facts.json"
     first = image_facts(str(path), runtime, cache_file=cache)
     assert image_facts(str(path), runtime, cache_file=cache) == first
-    assert calls(tmp_path) == ["inspect"]
+    assert calls(tmp_path) == ["inspect", "exec"]
     image.clear_cache()  # a new process: the disk cache answers
     assert image_facts(str(path), runtime, cache_file=cache) == first
-    assert calls(tmp_path) == ["inspect"]
+    assert calls(tmp_path) == ["inspect", "exec"]
     assert json.loads(cache.read_text())["images"][str(path)]["facts"]["cuda"] == "9.2"
     # a rebuilt image (new mtime) is read again
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     image_facts(str(path), runtime, cache_file=cache)
-    assert calls(tmp_path) == ["inspect", "inspect"]
+    assert calls(tmp_path) == ["inspect", "exec", "inspect", "exec"]
 
 
 def test_cache_hit_through_a_symlink_keeps_the_name_users_gave(tmp_path: Path) -> None:
@@ -424,7 +427,7 @@ def test_cache_hit_through_a_symlink_keeps_the_name_users_gave(tmp_path: Path) -
     link.symlink_to(path)
     assert image_facts(str(path), runtime, use_disk_cache=False).name == "tf-1.8-cuda-9.2.sif"
     assert image_facts(str(link), runtime, use_disk_cache=False).name == "current.sif"
-    assert calls(tmp_path) == ["inspect"]
+    assert calls(tmp_path) == ["inspect", "exec"]
 
 
 def test_unwritable_disk_cache_costs_nothing_but_time(tmp_path: Path) -> None:
