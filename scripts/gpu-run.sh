@@ -470,6 +470,13 @@ run_doctor() {
         jupyter kernelprovider doctor "$KP_GPU_IMAGES/$img" 2>&1
         echo "[exit $?]"
     done
+    if [ -n "${KP_GPU_TORCH_IMAGE:-}" ]; then
+        section "jupyter kernelprovider doctor kp-torch (the PyTorch image)"
+        jupyter kernelprovider doctor "$KP_GPU_TORCH_IMAGE" 2>&1
+        echo "[exit $?]"
+        "$KP_GPU_TORCH_IMAGE/opt/torch/.venv/bin/python3" -c 'import torch; print("torch says:", torch.__version__, torch.version.cuda, torch.cuda.get_arch_list())' 2>&1
+        jupyter kernelprovider doctor --json "$KP_GPU_TORCH_IMAGE" >"$OUTDIR/doctor-torch.json" 2>&1
+    fi
     section "jupyter kernelprovider doctor kp-cuda92.sif --driver-version 390.46"
     jupyter kernelprovider doctor "$KP_GPU_IMAGES/kp-cuda92.sif" --driver-version 390.46 2>&1
     echo "[exit $?]"
