@@ -224,8 +224,10 @@ async def test_enforce_refuses_an_image_the_driver_cannot_serve(
     message = str(e.value)
     print(message)
     assert time.monotonic() - t0 < 30
-    assert "kp-cuda-future.sif needs NVIDIA driver >= " in message
-    assert "(CUDA 14.0); node " in message and f" has {driver_version}." in message
+    # the facts a user acts on: which image, its CUDA, the node's driver, what to pick instead
+    assert "kp-cuda-future.sif" in message and "CUDA 14.0" in message
+    assert f"has {driver_version}" in message
+    assert "Pick an image with CUDA <= 13.0" in message
     assert "set compat_check to 'warn'" in message
     assert list(jupyter_dirs["runtime"].glob("kernel-*.json")) == []
 
