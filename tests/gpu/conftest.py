@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# The Slurm GPU tests' fixtures live with their helpers.
+from slurm_gpu import gpu_cluster, gpu_spec, server, torch_image  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Driver libraries a driver directory needs for CUDA (NVML for nvidia-smi-like queries, the
