@@ -224,3 +224,18 @@ def test_step_gpu_prelude_hands_the_step_gpus_into_the_container() -> None:
     # a step without GPUs: nothing invented
     env = _prelude_env(build_step_gpu_prelude("apptainer", "nv", cleanenv=True), {"PATH": "/bin"})
     assert not any(k.endswith("CUDA_VISIBLE_DEVICES") for k in env)
+
+
+def test_step_gpu_prelude_keeps_every_gpu_of_a_multi_gpu_step() -> None:
+    from kernelprovider.apptainer import build_step_gpu_prelude
+
+    step = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "2,3", "SLURM_STEP_GPUS": "2,3"}
+    env = _prelude_env(build_step_gpu_prelude("apptainer", "nvccli", cleanenv=True), step)
+    assert env["APPTAINERENV_CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "2,3"
+    # a site that already chose (NVIDIA_VISIBLE_DEVICES in the step) keeps its choice
+    env = _prelude_env(
+        build_step_gpu_prelude("apptainer", "nvccli", cleanenv=False),
+        {**step, "NVIDIA_VISIBLE_DEVICES": "GPU-abc"},
+    )
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "GPU-abc"
