@@ -23,6 +23,10 @@ __all__ = [
     "install_kernelspec",
     "container_kernelspecs",
     "valid_kernel_name",
+    "name_from_image",
+    "install_spec",
+    "provisioner_class",
+    "validated_config",
 ]
 
 PROVISIONER_NAME = "apptainer-provisioner"
@@ -45,6 +49,14 @@ def valid_kernel_name(name: str) -> bool:
     trailing newline (which '$' lets through).
     """
     return bool(_NAME_RE.fullmatch(name)) and name.strip(".") != ""
+
+
+def name_from_image(image: str) -> str:
+    """A kernel name from an image file name: ``TF-1.8_cuda9.2.sif`` -> ``tf-1.8_cuda9.2``."""
+    stem = os.path.basename(image.rstrip("/"))
+    stem = re.sub(r"\.(sif|simg|img|sqsh|squashfs)$", "", stem, flags=re.IGNORECASE)
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.")
+    return name or "container"
 
 
 def provisioner_config(**values: Any) -> dict[str, Any]:
@@ -83,6 +95,60 @@ def build_kernelspec(
     if env:
         spec["env"] = dict(env)
     return spec
+
+
+def install_spec(
+    image: str,
+    display_name: str,
+    values: Mapping[str, Any],
+    *,
+    slurm: bool = False,
+    python: str = "python3",
+    interrupt_mode: str | None = None,
+) -> dict[str, Any]:
+    """kernel.json for one image and the option values given (None: not given).
+
+    The one builder behind ``install`` and ``scan``: the image path made absolute (URIs
+    kept), only given values written, the Slurm provisioner and message interrupts for a
+    Slurm kernel.
+    """
+    if "://" not in image:
+        image = os.path.abspath(os.path.expanduser(image))
+    return build_kernelspec(
+        display_name,
+        provisioner_config(image=image, **values),
+        provisioner=SLURM_PROVISIONER_NAME if slurm else PROVISIONER_NAME,
+        python=python,
+        interrupt_mode=interrupt_mode or ("message" if slurm else "signal"),
+    )
+
+
+def provisioner_class(provisioner_name: str | None) -> type:
+    """The provisioner class a kernelspec's ``provisioner_name`` stands for.
+
+    The one place that chooses (install's validation, doctor, list); imported on use, so
+    reading kernel.json files does not load Slurm support.
+    """
+    if provisioner_name == SLURM_PROVISIONER_NAME:
+        from .slurm import SlurmProvisioner
+
+        return SlurmProvisioner
+    from .provisioner import ContainerProvisioner
+
+    return ContainerProvisioner
+
+
+def validated_config(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Run a kernelspec's provisioner config through the provisioner's own trait validation.
+
+    Called by ``install`` and ``scan`` before writing, so a value that every kernel start
+    would refuse (a relative bind, a bad variable name) is refused now, with the same words.
+    Raises TraitError.
+    """
+    prov = spec["metadata"]["kernel_provisioner"]
+    cls = provisioner_class(prov["provisioner_name"])
+    cls(kernel_id="validate", kernel_spec=None, **prov["config"])
+    return dict(prov["config"])
 
 
 def write_kernelspec(
