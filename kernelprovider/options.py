@@ -33,6 +33,7 @@ __all__ = [
     "SLURM_OPTIONS",
     "options_mixin",
     "sbatch_option_argv",
+    "sbatch_settings",
     "rejection_keys",
     "cli_traits",
     "cli_aliases",

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, CaselessStrEnum, Dict, Float, List, TraitError, Unicode, validate
+from traitlets import TraitError, validate
 
 from .apptainer import (
     Bind,
@@ -40,6 +40,7 @@ from .errors import (
 )
 from .gpu import driver_dir_for, host_facts, visible_gpus
 from .image import image_facts_async
+from .options import CONTAINER_OPTIONS, options_mixin
 
 __all__ = [
     "ContainerProvisioner",
@@ -128,100 +129,23 @@ def explain_exit(code: int | None, tail: str) -> str:
     )
 
 
-class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
+#: The container options of :data:`kernelprovider.options.CONTAINER_OPTIONS` as traits.
+ContainerOptions: Any = options_mixin(
+    "ContainerOptions",
+    CONTAINER_OPTIONS,
+    "The container settings of a kernel (image, runtime, GPU mode, binds, ...), as traits.",
+)
+
+
+class ContainerProvisioner(ContainerOptions, LocalProvisioner):  # type: ignore[misc]
     """Starts the kernelspec's own argv inside an Apptainer/Singularity image on this host.
 
     Select it in a kernelspec with ``"kernel_provisioner": {"provisioner_name":
     "apptainer-provisioner", "config": {"image": "/path/img.sif"}}``. Every trait below can be
     set per kernelspec (``config``) or site-wide (``c.ContainerProvisioner.gpu = "none"`` in a
-    Jupyter config file); the kernelspec wins.
+    Jupyter config file); the kernelspec wins. The traits come from the option table
+    (:mod:`kernelprovider.options`).
     """
-
-    image = Unicode(
-        "",
-        help="Path of the SIF/squashfs image or sandbox directory (or a docker://, oras:// URI) "
-        "that the kernel runs in.",
-    ).tag(config=True)
-
-    runtime = Unicode(
-        "auto",
-        help="Container runtime: 'auto' (apptainer, then singularity, from PATH), a command "
-        "name, or an absolute path.",
-    ).tag(config=True)
-
-    gpu = CaselessStrEnum(
-        ["nv", "nvccli", "rocm", "none"],
-        default_value="nv",
-        help="GPU passthrough: 'nv' (--nv), 'nvccli' (--nv --nvccli), 'rocm' (--rocm) or 'none'.",
-    ).tag(config=True)
-
-    binds = List(
-        Unicode(),
-        help="Extra bind mounts, each 'SRC[:DST[:ro|rw]]' with absolute paths. The connection "
-        "file's directory and the working directory are always bound.",
-    ).tag(config=True)
-
-    container_env = Dict(
-        value_trait=Unicode(),
-        help="Variables set inside the container, passed as APPTAINERENV_*/SINGULARITYENV_* so "
-        "they survive --cleanenv and never appear in argv.",
-    ).tag(config=True)
-
-    cleanenv = Bool(
-        False, help="Pass --cleanenv: start the container without the server's environment."
-    ).tag(config=True)
-
-    contain = Bool(
-        False,
-        help="Pass --contain: no home, /tmp or site binds; only the binds kernelprovider adds.",
-    ).tag(config=True)
-
-    extra_args = List(
-        Unicode(),
-        help="Extra arguments to 'exec', placed after kernelprovider's own and before the image "
-        "(for example ['--writable-tmpfs']).",
-    ).tag(config=True)
-
-    no_user_site = Bool(
-        True,
-        help="Set PYTHONNOUSERSITE=1 in the container so packages in ~/.local do not shadow "
-        "the image's own.",
-    ).tag(config=True)
-
-    compat_check = CaselessStrEnum(
-        ["enforce", "warn", "off"],
-        default_value="enforce",
-        help="Check the image's CUDA/TensorFlow against the node's driver and GPUs before "
-        "start: 'enforce' stops a launch that cannot work, 'warn' only logs, 'off' skips.",
-    ).tag(config=True)
-
-    driver_dir = Unicode(
-        "",
-        help="Driver directory mode: a template such as '/software/nvidia/{driver_version}' "
-        "(also {driver_major}) naming host directories of NVIDIA driver libraries (lib/ and "
-        "bin/, or libraries directly); the one for the detected driver is bound at "
-        "driver_lib_path/driver_bin_path and put first on LD_LIBRARY_PATH and PATH.",
-    ).tag(config=True)
-
-    driver_lib_path = Unicode(
-        "/nvlib", help="Container path of the driver libraries in driver directory mode."
-    ).tag(config=True)
-
-    driver_bin_path = Unicode(
-        "/nvbin", help="Container path of the driver programs in driver directory mode."
-    ).tag(config=True)
-
-    cuda_dir = Unicode(
-        "",
-        help="A host CUDA toolkit (for example /software/cuda/9.2) bound read-only at "
-        "/usr/local/cuda, for images built without one.",
-    ).tag(config=True)
-
-    ready_timeout = Float(
-        120.0,
-        help="Seconds the kernel may take to open its ports after the container starts; past "
-        "that the start fails with its log.",
-    ).tag(config=True)
 
     @validate("image")
     def _validate_image(self, proposal: dict[str, Any]) -> str:

@@ -24,13 +24,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import (
-    Bool,
-    CaselessStrEnum,
-    Float,
-    Int,
-    List,
     TraitError,
-    Unicode,
     default,
     validate,
 )
@@ -47,6 +41,13 @@ from .errors import (
     StateDirError,
 )
 from .gpu import PROBE_SCRIPT, parse_probe_output
+from .options import (
+    SLURM_OPTIONS,
+    options_mixin,
+    rejection_keys,
+    sbatch_option_argv,
+    sbatch_settings,
+)
 from .provisioner import ContainerProvisioner, explain_exit, listening
 
 __all__ = [
@@ -162,21 +163,16 @@ def parse_node_addr(text: str) -> str | None:
 def build_sbatch_argv(
     job_name: str,
     *,
-    partition: str = "",
-    gpus: str = "",
-    gpu_option: str = "gres",
-    time_limit: str = "",
-    account: str = "",
-    qos: str = "",
-    constraint: str = "",
-    cpus_per_task: int = 0,
-    mem: str = "",
     output: str = "/dev/null",
     chdir: str = "",
     extra_args: Sequence[str] = (),
+    **values: Any,
 ) -> list[str]:
     """``sbatch --parsable ...`` for the allocation; the script itself comes on stdin.
 
+    ``values`` are Slurm options by trait name (partition, gpus, gpu_option, time_limit,
+    ...; see :data:`~kernelprovider.options.SLURM_OPTIONS`), turned into sbatch arguments
+    in the table's order; ``extra_args`` (sbatch_args) come last.
     ``--export=NONE``: the holder script needs nothing from the server's environment, and
     the server's environment may hold tokens that have no business in a job record.
     An ``output`` other than /dev/null is opened in append mode.
@@ -189,22 +185,7 @@ def build_sbatch_argv(
         argv.append("--open-mode=append")
     if chdir:
         argv.append(f"--chdir={chdir}")
-    if partition:
-        argv.append(f"--partition={partition}")
-    if gpus:
-        argv.append(f"--gres=gpu:{gpus}" if gpu_option == "gres" else f"--gpus={gpus}")
-    if time_limit:
-        argv.append(f"--time={time_limit}")
-    if account:
-        argv.append(f"--account={account}")
-    if qos:
-        argv.append(f"--qos={qos}")
-    if constraint:
-        argv.append(f"--constraint={constraint}")
-    if cpus_per_task:
-        argv.append(f"--cpus-per-task={cpus_per_task}")
-    if mem:
-        argv.append(f"--mem={mem}")
+    argv += sbatch_option_argv(values)
     argv += list(extra_args)
     return argv
 
@@ -285,18 +266,7 @@ def rejection_message(
         if line not in final and final and not line.startswith("invalid partition specified")
     ]
     low = quote.lower()
-    if "partition" in low:
-        keys = ["partition"]
-    elif "time limit" in low:
-        keys = ["time_limit", "partition"]
-    elif "account" in low or "association" in low:
-        keys = ["account", "partition"]
-    elif "qos" in low:
-        keys = ["qos", "partition"]
-    elif "node configuration" in low or "gres" in low or "generic resource" in low:
-        keys = ["gpus", "partition", "constraint", "mem", "cpus_per_task"]
-    else:
-        keys = list(settings)
+    keys = rejection_keys(quote, settings)
     where = ", ".join(f"{k}={settings[k]}" for k in keys if settings.get(k))
     msg = f'Slurm rejected the job: "{quote}"' + (f" ({where})." if where else ".")
     if also:
@@ -597,7 +567,15 @@ def touch(path: str) -> None:
     os.utime(path)
 
 
-class SlurmProvisioner(ContainerProvisioner):
+#: The Slurm options of :data:`kernelprovider.options.SLURM_OPTIONS` as traits.
+SlurmOptions: Any = options_mixin(
+    "SlurmOptions",
+    SLURM_OPTIONS,
+    "The Slurm settings of a kernel (partition, gpus, time limit, ...), as traits.",
+)
+
+
+class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc]
     """Runs the container kernel on a node that Slurm allocates, as a step of a held job.
 
     Lifecycle: pre_launch submits (or reuses) an allocation and waits for it; launch_kernel
@@ -605,58 +583,9 @@ class SlurmProvisioner(ContainerProvisioner):
     returns what F says; restarts start a new step in the same job; the final cleanup
     cancels the job and confirms it is gone. Select it with provisioner_name
     ``slurm-apptainer-provisioner``; every trait is settable per kernelspec or site-wide as
-    ``c.SlurmProvisioner.<name>``.
+    ``c.SlurmProvisioner.<name>``; the Slurm traits come from the option table
+    (:mod:`kernelprovider.options`).
     """
-
-    partition = Unicode("", help="Slurm partition (--partition).").tag(config=True)
-    gpus = Unicode("1", help="GPUs to allocate, e.g. '1' or 'a100:2' ('' or '0' for none).").tag(
-        config=True
-    )
-    gpu_option = CaselessStrEnum(
-        ["gres", "gpus"],
-        default_value="gres",
-        help="Ask for GPUs with --gres=gpu:N ('gres') or --gpus=N ('gpus').",
-    ).tag(config=True)
-    time_limit = Unicode("8:00:00", help="Allocation time limit (--time): the last backstop.").tag(
-        config=True
-    )
-    account = Unicode("", help="Slurm account (--account).").tag(config=True)
-    qos = Unicode("", help="Slurm QOS (--qos).").tag(config=True)
-    constraint = Unicode("", help="Node features (--constraint).").tag(config=True)
-    cpus_per_task = Int(0, help="CPUs for the allocation (--cpus-per-task); 0 = default.").tag(
-        config=True
-    )
-    mem = Unicode("", help="Memory for the allocation (--mem), e.g. '32G'.").tag(config=True)
-    sbatch_args = List(Unicode(), help="Extra sbatch arguments.").tag(config=True)
-    srun_args = List(Unicode(), help="Extra srun arguments for the kernel step.").tag(config=True)
-    state_dir = Unicode(
-        help="Per-user 0700 directory on a filesystem the GPU nodes share; holds each "
-        "kernel's connection file, lease and log. Default: <jupyter data dir>/kernelprovider."
-    ).tag(config=True)
-    queue_timeout = Float(
-        3600.0, help="Seconds to wait for the allocation to start; 0 waits forever."
-    ).tag(config=True)
-    boot_timeout = Float(
-        180.0, help="Seconds from allocation start until the kernel must be listening."
-    ).tag(config=True)
-    lease_seconds = Int(
-        90,
-        help="If the server stops refreshing the lease for this long, the allocation ends by "
-        "itself (dead-man switch).",
-    ).tag(config=True)
-    poll_interval = Float(
-        5.0, help="Seconds between the batched squeue calls shared by all kernels."
-    ).tag(config=True)
-    pending_log_interval = Float(
-        10.0, help="Seconds between INFO lines while the job is pending."
-    ).tag(config=True)
-    kernel_ip = Unicode(
-        "",
-        help="Address the kernel binds on the node; default: the node's NodeAddr from Slurm.",
-    ).tag(config=True)
-    keep_logs = Bool(
-        False, help="Keep the kernel's log file in the state directory after a clean shutdown."
-    ).tag(config=True)
 
     @default("state_dir")
     def _state_dir_default(self) -> str:
@@ -677,13 +606,6 @@ class SlurmProvisioner(ContainerProvisioner):
         if proposal["value"] < 10:
             raise TraitError("lease_seconds must be at least 10.")
         return proposal["value"]
-
-    @validate("time_limit", "partition", "account", "qos", "constraint", "mem", "gpus")
-    def _validate_slurm_value(self, proposal: dict[str, Any]) -> str:
-        value = proposal["value"]
-        if any(c in value for c in "\n\0") or value.startswith("-"):
-            raise TraitError(f"{proposal['trait'].name}: {value!r} is not a valid Slurm value.")
-        return value
 
     # --- state of this kernel (persisted by get_provisioner_info) -------------------------
     job_id: str | None = None
@@ -961,18 +883,11 @@ class SlurmProvisioner(ContainerProvisioner):
         self.lease_keeper.add(lease)
         argv = build_sbatch_argv(
             self.job_name,
-            partition=self.partition,
-            gpus="" if self.gpus in ("", "0") else self.gpus,
-            gpu_option=self.gpu_option,
-            time_limit=self.time_limit,
-            account=self.account,
-            qos=self.qos,
-            constraint=self.constraint,
-            cpus_per_task=self.cpus_per_task,
-            mem=self.mem,
             output=self.files["log"],
             chdir=self.state_dir,
             extra_args=self.sbatch_args,
+            gpu_option=self.gpu_option,
+            **sbatch_settings(self),
         )
         script = batch_script(lease, self.lease_seconds).encode()
         rc, out, err = await run(argv, input=script, timeout=60)
@@ -995,16 +910,7 @@ class SlurmProvisioner(ContainerProvisioner):
             rc, out, _ = await run(["sinfo", "-h", "-o", "%R"], timeout=20)
             if rc == 0:
                 partitions = list(dict.fromkeys(out.split()))
-        settings = {
-            "partition": self.partition,
-            "gpus": self.gpus,
-            "time_limit": self.time_limit,
-            "account": self.account,
-            "qos": self.qos,
-            "constraint": self.constraint,
-            "mem": self.mem,
-            "cpus_per_task": self.cpus_per_task or "",
-        }
+        settings = {k: v or "" for k, v in sbatch_settings(self).items()}
         return rejection_message(slurm_says, settings, partitions)
 
     async def _wait_running(self) -> None:

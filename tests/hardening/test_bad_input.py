@@ -267,7 +267,8 @@ def test_sbatch_argv_keeps_every_value_whole(
         "gpus": "--gres=gpu:" if gpu_option == "gres" else "--gpus=",
     }
     expected = [f"--job-name={job_name}", f"--output={output}"]
-    expected += [option[k] + v for k, v in values.items() if v]
+    # gpus "0" asks for no GPU: no --gres at all.
+    expected += [option[k] + v for k, v in values.items() if v and (k, v) != ("gpus", "0")]
     expected += [f"--chdir={chdir}"] if chdir else []
     expected += [f"--cpus-per-task={cpus}"] if cpus else []
     for element in expected:
