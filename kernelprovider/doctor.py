@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from string import Template
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec
@@ -30,12 +31,9 @@ from traitlets import TraitError, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .apptainer import (
-    Bind,
     RuntimeInfo,
-    build_exec_argv,
     check_bind_sources,
     check_image,
-    container_env,
     find_runtime,
     is_image_uri,
 )
@@ -47,7 +45,6 @@ from .compat import (
     Verdict,
     code_for_gpu,
     cuda_for_driver,
-    evaluate,
     parse_version,
     worst,
 )
@@ -561,8 +558,9 @@ def kernel_report(
 ) -> KernelReport:
     """Judge one configured provisioner against ``host``: image, runtime, binds, CUDA.
 
-    Follows ContainerProvisioner.pre_launch / gpu_setup step by step without starting
-    anything, so what doctor prints is what a start would do. Launch problems (missing image,
+    Reads the facts a start reads (runtime, image, node) and prints the provisioner's own
+    launch plan (``prov.launch_plan``, the one pre_launch executes), so what doctor prints
+    is what a start would run. Launch problems (missing image,
     runtime, bind source, driver directory) become "fail" verdicts with the provisioner's own
     message. ``node_known`` is False for a Slurm kernel judged without a node's facts: then the
     CUDA verdicts and driver directory are left out with a note. Blocking.
@@ -601,13 +599,12 @@ def kernel_report(
     if image_ok and report.runtime is not None and not uri:
         try:
             report.facts = image_facts(prov.image, runtime=report.runtime.path)
-            prov.image_facts = report.facts
         except TimeoutError as e:
             report.verdicts.append(Verdict("warn", str(e), "image"))
         except KernelProviderError as e:
             _fail(report, "image", str(e))
 
-    # CUDA verdicts, as check_compatibility would give them.
+    # What no plan can judge: a kernel without GPU, a node not known yet, a URI image.
     if prov.gpu == "none":
         report.verdicts.append(
             Verdict(
@@ -631,61 +628,40 @@ def kernel_report(
                 "image",
             )
         )
-    elif report.facts is not None:
-        report.verdicts.extend(evaluate(report.facts, host))
     if prov.compat_check == "off" and prov.gpu != "none":
         report.notes.append("compat_check is off: a start does not check these verdicts.")
 
-    # Binds and variables, as pre_launch and gpu_setup would build them.
-    binds: list[Bind] = [*prov.connection_binds(cwd)]
+    # Binds, argv and variables: the provisioner's own launch plan, as a start builds it.
     try:
-        user = prov.user_binds()
-        check_bind_sources(user)
-        binds += user
+        check_bind_sources(prov.user_binds())
     except KernelProviderError as e:
         _fail(report, "binds", str(e))
-    runtime_vars: dict[str, str] = {}
-    container_vars: dict[str, str] = {}
-    if node_known and prov.uses_gpu_setup:
-        try:
-            gpu_binds, container_vars = prov.driver_setup(host)
-            binds += gpu_binds
-        except (KernelProviderError, ValueError) as e:
-            _fail(report, "driver_dir", str(e))
-        runtime_vars, selection = prov.gpu_selection(env)
-        container_vars.update(selection)
-    elif not node_known and prov.driver_dir:
+    if not node_known and prov.driver_dir:
         report.notes.append(
             f"driver_dir {prov.driver_dir} is chosen on the node, by its driver version."
         )
-
-    runtime_path = report.runtime.path if report.runtime else (prov.runtime or "apptainer")
-    if runtime_path == "auto":
-        runtime_path = "apptainer"
-    flavor = report.runtime.flavor if report.runtime else "apptainer"
-    connection_file = getattr(prov.parent, "connection_file", "") or ""
-    inner = prov.inner_command(_inner_argv(prov, connection_file))
-    prefix: list[str] = []
-    if slurm:
-        from .slurm import build_srun_argv
-
-        inner = [*inner, "--ip=NODE_ADDR"]
-        prefix = build_srun_argv("JOB_ID", f"kp-{PLACEHOLDER_ID}-kernel", cwd, prov.srun_args)
-    report.argv = prefix + build_exec_argv(
-        runtime_path,
-        prov.image,
-        inner,
-        gpu=prov.gpu,
-        binds=binds,
-        pwd=cwd,
-        cleanenv=prov.cleanenv,
-        contain=prov.contain,
-        extra_args=prov.extra_args,
+    runtime = report.runtime or RuntimeInfo(
+        "apptainer" if prov.runtime in ("", "auto") else prov.runtime, "apptainer", ""
     )
-    report.env = {
-        **runtime_vars,
-        **container_env(flavor, {**container_vars, **prov.container_variables()}),
-    }
+    connection_file = getattr(prov.parent, "connection_file", "") or ""
+    spec_env = (getattr(prov.kernel_spec, "env", None) or {}) if prov.kernel_spec else {}
+    # KernelProvisionerBase.pre_launch substitutes ${VAR} in the kernelspec's env this way.
+    env.update({k: Template(v).safe_substitute(env) for k, v in spec_env.items()})
+    ctx = prov.launch_context(
+        prov.inner_command(_inner_argv(prov, connection_file)),
+        cwd,
+        env,
+        host if node_known else None,
+        report.facts if node_known and prov.reads_image_facts else None,
+        runtime,
+    )
+    plan = prov.launch_plan(ctx, strict=False)
+    if node_known and report.facts is not None and not prov.reads_image_facts:
+        # compat_check off: a start reads nothing, but the report still says what it skips.
+        report.verdicts.extend(prov.judge(report.facts, host))
+    report.verdicts.extend(plan.verdicts)
+    report.argv = plan.argv
+    report.env = plan.env
     report.notes.insert(
         0,
         f"{PLACEHOLDER_ID} and the connection file are placeholders: each start gets its own."

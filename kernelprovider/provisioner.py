@@ -40,6 +40,7 @@ from .errors import (
 )
 from .gpu import driver_dir_for, host_facts, visible_gpus
 from .image import image_facts_async
+from .launch import LaunchContext, LaunchPlan
 from .options import CONTAINER_OPTIONS, options_mixin
 
 __all__ = [
@@ -191,7 +192,7 @@ class ContainerProvisioner(ContainerOptions, LocalProvisioner):  # type: ignore[
 
     # --- state kept between hooks -------------------------------------------------------
     runtime_info: RuntimeInfo | None = None
-    image_facts: ImageFacts | None = None
+    #: The verdicts of the last start's plan (a record for logs and tests, read by no hook).
     verdicts: list[Verdict] = []
     _tail: LogTail | None = None
 
@@ -243,29 +244,47 @@ class ContainerProvisioner(ContainerOptions, LocalProvisioner):  # type: ignore[
     async def node_facts(self) -> HostFacts:
         """Driver and GPUs of the node the kernel will run on (here: this host).
 
-        Called from :meth:`gpu_setup` during pre_launch; the Slurm provisioner overrides it
+        Called from :meth:`plan_start` during pre_launch; the Slurm provisioner overrides it
         with a probe step on the allocated node.
         """
         return await local_host_facts()
 
-    async def check_compatibility(self, host: HostFacts) -> list[Verdict]:
-        """Judge the image's CUDA/TF against ``host``; raise DriverIncompatible on a blocking fail.
+    @property
+    def reads_image_facts(self) -> bool:
+        """Whether a start reads the image's facts (to judge them and for LD_LIBRARY_PATH)."""
+        return self.compat_check != "off" and self.gpu != "none" and not is_image_uri(self.image)
 
-        Called from :meth:`gpu_setup`. Every verdict is logged (warn/fail at WARNING) so the
-        server log says why a kernel may be slow or CPU-only even when it starts.
+    async def read_image_facts(self) -> ImageFacts | None:
+        """The image's CUDA/TF facts when a start judges them, else None.
+
+        Called by :meth:`plan_start` during pre_launch. Not read with compat_check 'off',
+        gpu 'none' or a URI image; a failed read is logged and judged as unknown.
         """
-        if self.compat_check == "off" or self.gpu == "none" or is_image_uri(self.image):
-            return []
+        if not self.reads_image_facts:
+            return None
         assert self.runtime_info is not None
         try:
-            facts = await image_facts_async(self.image, runtime=self.runtime_info.path)
+            return await image_facts_async(self.image, runtime=self.runtime_info.path)
         except (KernelProviderError, TimeoutError) as e:
             self.log.warning(
                 "Kernel %s: cannot read the image's CUDA version: %s", self.kernel_id, e
             )
+            return None
+
+    def judge(self, image: ImageFacts | None, host: HostFacts | None) -> list[Verdict]:
+        """The CUDA/TF verdicts of ``image`` on ``host`` (none when either is unknown or the
+        kernel runs without a GPU). Pure; called by :meth:`launch_plan`."""
+        if image is None or host is None or self.gpu == "none":
             return []
-        self.image_facts = facts
-        verdicts = evaluate(facts, host)
+        return evaluate(image, host)
+
+    def enforce(self, verdicts: list[Verdict]) -> None:
+        """Log every verdict and raise DriverIncompatible on a blocking fail.
+
+        Called by :meth:`launch_plan` for a real start. Every verdict is logged (warn/fail at
+        WARNING) so the server log says why a kernel may be slow or CPU-only even when it
+        starts.
+        """
         for v in verdicts:
             # ok at INFO: the log then says on which driver and GPU a kernel was judged.
             level = {"ok": 20, "warn": 30, "fail": 30}[v.level]
@@ -278,18 +297,19 @@ class ContainerProvisioner(ContainerOptions, LocalProvisioner):  # type: ignore[
                 " ".join(v.reason for v in blocking)
                 + " (To start anyway, set compat_check to 'warn' for this kernel.)"
             )
-        return verdicts
 
-    def driver_setup(self, host: HostFacts) -> tuple[list[Bind], dict[str, str]]:
+    def driver_setup(
+        self, host: HostFacts, image: ImageFacts | None = None
+    ) -> tuple[list[Bind], dict[str, str]]:
         """Binds and container variables for driver directory mode and a host CUDA dir.
 
-        The driver's libraries go first on LD_LIBRARY_PATH: any libcuda the image ships
-        (a stub, or an old driver baked in) must lose against the host's.
+        Called by :meth:`launch_plan`. The driver's libraries go first on LD_LIBRARY_PATH
+        (after the image's own path, from ``image``): any libcuda the image ships (a stub, or
+        an old driver baked in) must lose against the host's.
         """
         binds: list[Bind] = []
         variables: dict[str, str] = {}
-        image_ld = getattr(self, "image_facts", None)
-        image_ld_path = image_ld.ld_library_path if image_ld else None
+        image_ld_path = image.ld_library_path if image else None
         first_lib = NV_LIBS if self.gpu in ("nv", "nvccli") else ""
         if self.driver_dir:
             if not host.driver:
@@ -341,24 +361,6 @@ class ContainerProvisioner(ContainerOptions, LocalProvisioner):  # type: ignore[
         """Whether a launch needs the GPU pre-flight (GPU passthrough or driver/CUDA dirs)."""
         return self.gpu != "none" or bool(self.cuda_dir) or bool(self.driver_dir)
 
-    async def gpu_setup(
-        self, env: dict[str, str]
-    ) -> tuple[list[Bind], dict[str, str], dict[str, str]]:
-        """Everything GPU for one launch: (binds, runtime variables, container variables).
-
-        Called by pre_launch after the image and runtime checks: node facts, verdicts
-        (which may stop the launch), driver/CUDA directories, GPU selection.
-        """
-        if not self.uses_gpu_setup:
-            return [], {}, {}
-        needs_host = (self.compat_check != "off" and self.gpu != "none") or bool(self.driver_dir)
-        host = await self.node_facts() if needs_host else HostFacts(node="")
-        self.verdicts = await self.check_compatibility(host)
-        binds, container_vars = self.driver_setup(host)
-        runtime_vars, selection_vars = self.gpu_selection(env)
-        container_vars.update(selection_vars)
-        return binds, runtime_vars, container_vars
-
     async def check_launch(self, cwd: str) -> list[Bind]:
         """The checks that need no kernel: image, runtime, bind sources; returns the binds.
 
@@ -377,38 +379,85 @@ class ContainerProvisioner(ContainerOptions, LocalProvisioner):  # type: ignore[
         check_bind_sources(binds)
         return binds
 
-    async def container_command(
-        self, inner: list[str], cwd: str, binds: list[Bind], env: dict[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
-        """The runtime argv around ``inner`` and the variables the runtime needs.
+    def launch_plan(self, ctx: LaunchContext, *, strict: bool = True) -> LaunchPlan:
+        """The plan of one start: ``runtime exec ... IMAGE inner``, its variables and binds.
 
-        Called by pre_launch once the node is known (here, or the allocated node in Slurm
-        mode): runs the GPU pre-flight (which may refuse the launch), then builds
-        ``apptainer exec ... IMAGE inner``. The variables include the container's own,
-        already in APPTAINERENV_/SINGULARITYENV_ form.
+        Called by :meth:`plan_start` (pre_launch, ``strict``: a blocking verdict or a missing
+        driver directory raises) and by ``doctor`` (not strict: they become "fail"
+        verdicts). Reads nothing but the driver/CUDA directories' existence.
         """
-        assert self.runtime_info is not None
-        gpu_binds, runtime_vars, gpu_vars = await self.gpu_setup(env)
+        verdicts = self.judge(ctx.image, ctx.host)
+        if strict:
+            self.enforce(verdicts)
+        binds = [*self.connection_binds(ctx.cwd), *self.user_binds()]
+        runtime_vars: dict[str, str] = {}
+        gpu_vars: dict[str, str] = {}
+        if ctx.host is not None and self.uses_gpu_setup:
+            try:
+                gpu_binds, gpu_vars = self.driver_setup(ctx.host, ctx.image)
+            except (KernelProviderError, ValueError) as e:
+                if strict:
+                    raise
+                verdicts.append(Verdict("fail", str(e), "driver_dir"))
+                gpu_binds = []
+            binds += gpu_binds
+            runtime_vars, selection_vars = self.gpu_selection(dict(ctx.env))
+            gpu_vars.update(selection_vars)
+        variables = {**gpu_vars, **self.container_variables()}
         argv = build_exec_argv(
-            self.runtime_info.path,
+            ctx.runtime.path,
             self.image,
-            inner,
+            ctx.inner,
             gpu=self.gpu,
-            binds=[*binds, *gpu_binds],
-            pwd=cwd,
+            binds=binds,
+            pwd=ctx.cwd,
             cleanenv=self.cleanenv,
             contain=self.contain,
             extra_args=self.extra_args,
         )
-        variables = dict(runtime_vars)
-        variables.update(
+        env = dict(runtime_vars)
+        env.update(
             container_env(
-                self.runtime_info.flavor,
-                {**gpu_vars, **self.container_variables()},
-                evaluated=env_is_evaluated(self.extra_args, env),
+                ctx.runtime.flavor,
+                variables,
+                evaluated=env_is_evaluated(self.extra_args, ctx.env),
             )
         )
-        return argv, variables
+        return LaunchPlan(argv, env, variables, binds, verdicts)
+
+    async def plan_start(self, inner: list[str], cwd: str, env: dict[str, str]) -> LaunchPlan:
+        """Gather the facts a start is planned from (node, image), then plan it (strict).
+
+        Called by pre_launch once the node is known (here, or the allocated node in Slurm
+        mode); a verdict under compat_check 'enforce' or a missing driver directory stops
+        the launch here.
+        """
+        assert self.runtime_info is not None
+        host: HostFacts | None = None
+        if self.uses_gpu_setup:
+            needs_host = (self.compat_check != "off" and self.gpu != "none") or bool(
+                self.driver_dir
+            )
+            host = await self.node_facts() if needs_host else HostFacts(node="")
+        image = await self.read_image_facts() if host is not None else None
+        return self.launch_plan(self.launch_context(inner, cwd, env, host, image))
+
+    def launch_context(
+        self,
+        inner: list[str],
+        cwd: str,
+        env: dict[str, str],
+        host: HostFacts | None,
+        image: ImageFacts | None,
+        runtime: RuntimeInfo | None = None,
+    ) -> LaunchContext:
+        """The context :meth:`launch_plan` reads; the Slurm provisioner adds its job.
+
+        ``runtime`` defaults to the one :meth:`check_launch` found.
+        """
+        runtime = runtime or self.runtime_info
+        assert runtime is not None
+        return LaunchContext(inner, cwd, env, runtime, host, image)
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernelspec's argv in ``apptainer exec``; called by KernelManager before launch.
@@ -430,17 +479,17 @@ class ContainerProvisioner(ContainerOptions, LocalProvisioner):  # type: ignore[
                 "there or point JUPYTER_RUNTIME_DIR at a writable directory."
             ) from e
         try:
-            binds = await self.check_launch(cwd)
-            argv, variables = await self.container_command(
-                self.inner_command(kwargs["cmd"]), cwd, binds, kwargs["env"]
-            )
+            await self.check_launch(cwd)
+            plan = await self.plan_start(self.inner_command(kwargs["cmd"]), cwd, kwargs["env"])
         except Exception:
             await self._discard_connection()
             raise
+        argv = plan.argv
+        self.verdicts = plan.verdicts
         kwargs["cmd"] = argv
         kwargs["cwd"] = cwd
         drop_host_python(kwargs["env"])
-        kwargs["env"].update(variables)
+        kwargs["env"].update(plan.env)
         kwargs["stderr"] = subprocess.PIPE
         assert self.runtime_info is not None
         self.log.info(

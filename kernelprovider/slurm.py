@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import json
 import os
@@ -29,8 +30,8 @@ from traitlets import (
     validate,
 )
 
-from .apptainer import Bind, build_step_gpu_prelude, container_env, env_is_evaluated
-from .compat import HostFacts
+from .apptainer import Bind, RuntimeInfo, build_step_gpu_prelude, container_env, env_is_evaluated
+from .compat import HostFacts, ImageFacts
 from .errors import (
     KernelStartError,
     KernelStartTimeout,
@@ -41,6 +42,7 @@ from .errors import (
     StateDirError,
 )
 from .gpu import PROBE_SCRIPT, parse_probe_output
+from .launch import LaunchContext, LaunchPlan
 from .options import (
     SLURM_OPTIONS,
     options_mixin,
@@ -662,7 +664,7 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
         kwargs = await KernelProvisionerBase.pre_launch(self, **kwargs)
         ensure_state_dir(self.state_dir)
         check_state_files(self.files.values())
-        binds = await self.check_launch(cwd)
+        await self.check_launch(cwd)
         self._prune_old_logs()
 
         self._new_job = False
@@ -689,54 +691,77 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
         km.connection_file = conn
         kernel_cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
         inner = [a.replace(os.path.realpath(conn), conn) for a in kernel_cmd]
-        inner = self.inner_command(inner) + [f"--ip={self.node_ip}"]
-        # srun hands its own environment to the step, so it gets a short allowlist; the
-        # kernelspec's "env" (already substituted by the base class) travels into the
-        # container the same way container_env does.
-        spec_env = {
-            k: kwargs["env"][k]
-            for k in (getattr(self.kernel_spec, "env", None) or {})
-            if k in kwargs["env"]
-        }
         try:
             # The GPU pre-flight probes the allocated node, so it runs here, in the job.
-            container_argv, variables = await self.container_command(
-                inner, cwd, binds, kwargs["env"]
-            )
+            plan = await self.plan_start(self.inner_command(inner), cwd, kwargs["env"])
         except BaseException:
             if self._new_job:
                 await self._release()
             raise
+        self.verdicts = plan.verdicts
         if self._connection:
             # A restart: ipykernel removed F when the last kernel exited. Writing it back
             # makes the new kernel bind the same ports with the same key, so clients stay.
             _write_connection_file(conn, self._connection)
-        assert self.runtime_info is not None
-        argv = [
-            *build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args),
-            *build_step_gpu_prelude(self.runtime_info.flavor, self.gpu, self.cleanenv),
-            *container_argv,
-        ]
-        kwargs["env"] = slurm_env(
-            kwargs["env"],
-            {
-                **container_env(
-                    self.runtime_info.flavor,
-                    spec_env,
-                    evaluated=env_is_evaluated(self.extra_args, kwargs["env"]),
-                ),
-                **variables,
-            },
-        )
+        argv = plan.argv
+        # srun hands its own environment to the step, so it gets a short allowlist plus
+        # the plan's variables.
+        kwargs["env"] = slurm_env(kwargs["env"], plan.env)
         kwargs["cmd"] = argv
         kwargs["cwd"] = cwd
         self.log.debug("Kernel %s: step argv %s", self.kernel_id, argv)
         return kwargs
 
+    def launch_context(
+        self,
+        inner: list[str],
+        cwd: str,
+        env: dict[str, str],
+        host: HostFacts | None,
+        image: ImageFacts | None,
+        runtime: RuntimeInfo | None = None,
+    ) -> LaunchContext:
+        """The container context plus this kernel's job, node address and kernelspec env.
+
+        The kernelspec's "env" (already substituted by the base class) travels into the
+        container the same way container_env does: srun passes on only an allowlist.
+        """
+        spec_env = {k: env[k] for k in (getattr(self.kernel_spec, "env", None) or {}) if k in env}
+        return dataclasses.replace(
+            super().launch_context(inner, cwd, env, host, image, runtime),
+            job_id=self.job_id or "JOB_ID",
+            node_addr=self.node_ip or "NODE_ADDR",
+            spec_env=spec_env,
+        )
+
+    def launch_plan(self, ctx: LaunchContext, *, strict: bool = True) -> LaunchPlan:
+        """The container plan as a step of the job: ``srun --jobid=J ... [GPU prelude]
+        runtime exec ... IMAGE inner --ip=ADDR``, with the kernelspec's env in the container.
+
+        Called by pre_launch (through plan_start) once the job runs, and by ``doctor`` with
+        placeholders for the job and the node address.
+        """
+        plan = super().launch_plan(
+            dataclasses.replace(ctx, inner=[*ctx.inner, f"--ip={ctx.node_addr}"]), strict=strict
+        )
+        plan.argv = [
+            *build_srun_argv(ctx.job_id, self.step_name, ctx.cwd, self.srun_args),
+            *build_step_gpu_prelude(ctx.runtime.flavor, self.gpu, self.cleanenv),
+            *plan.argv,
+        ]
+        spec_vars = container_env(
+            ctx.runtime.flavor,
+            dict(ctx.spec_env),
+            evaluated=env_is_evaluated(self.extra_args, ctx.env),
+        )
+        plan.env = {**spec_vars, **plan.env}
+        plan.container_env = {**ctx.spec_env, **plan.container_env}
+        return plan
+
     async def node_facts(self) -> HostFacts:
         """Driver and GPUs of the allocated node, from a probe step; cached per allocation.
 
-        Called by the GPU pre-flight (gpu_setup) once the job runs: the server's own host
+        Called by the GPU pre-flight (plan_start) once the job runs: the server's own host
         says nothing about the GPU node.
         """
         if self._facts is not None and self._facts[0] == self.job_id:

@@ -23,8 +23,8 @@ def test_driver_dir_binds_libs_and_bins_first(tmp_path: Path) -> None:
     (d / "lib").mkdir(parents=True)
     (d / "bin").mkdir()
     p = provisioner(driver_dir=str(tmp_path / "nvidia" / "{driver_version}"))
-    p.image_facts = ImageFacts(name="x.sif", ld_library_path="/usr/local/cuda/compat:/usr/lib")
-    binds, variables = p.driver_setup(H200)
+    facts = ImageFacts(name="x.sif", ld_library_path="/usr/local/cuda/compat:/usr/lib")
+    binds, variables = p.driver_setup(H200, facts)
     assert binds == [Bind(str(d / "lib"), "/nvlib", "ro"), Bind(str(d / "bin"), "/nvbin", "ro")]
     # the host driver's libraries come before any libcuda the image ships (compat dir)
     assert variables == {
@@ -60,15 +60,14 @@ def test_driver_dir_without_driver() -> None:
 
 def test_nv_mode_puts_apptainer_driver_libs_before_image_libcuda() -> None:
     p = provisioner()
-    p.image_facts = ImageFacts(name="x.sif", ld_library_path="/usr/local/cuda/compat")
-    _, variables = p.driver_setup(H200)
+    facts = ImageFacts(name="x.sif", ld_library_path="/usr/local/cuda/compat")
+    _, variables = p.driver_setup(H200, facts)
     assert variables == {"LD_LIBRARY_PATH": "/.singularity.d/libs:/usr/local/cuda/compat"}
 
 
 def test_nv_mode_leaves_ld_path_alone_when_the_image_sets_none() -> None:
     p = provisioner()
-    p.image_facts = ImageFacts(name="x.sif")
-    assert p.driver_setup(H200) == ([], {})
+    assert p.driver_setup(H200, ImageFacts(name="x.sif")) == ([], {})
 
 
 def test_cuda_dir_bound_read_only(tmp_path: Path) -> None:
