@@ -32,6 +32,7 @@ from traitlets import (
 
 from .apptainer import Bind, RuntimeInfo, build_step_gpu_prelude, container_env, env_is_evaluated
 from .compat import HostFacts, ImageFacts
+from .container import ContainerMixin
 from .errors import (
     KernelStartError,
     KernelStartTimeout,
@@ -50,7 +51,7 @@ from .options import (
     sbatch_option_argv,
     sbatch_settings,
 )
-from .provisioner import ContainerProvisioner, explain_exit, listening
+from .provisioner import explain_exit, listening
 
 __all__ = [
     "SlurmProvisioner",
@@ -577,7 +578,7 @@ SlurmOptions: Any = options_mixin(
 )
 
 
-class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc]
+class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # type: ignore[misc]
     """Runs the container kernel on a node that Slurm allocates, as a step of a held job.
 
     Lifecycle: pre_launch submits (or reuses) an allocation and waits for it; launch_kernel
@@ -610,6 +611,11 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
         return proposal["value"]
 
     # --- state of this kernel (persisted by get_provisioner_info) -------------------------
+    #: The local srun of the kernel step (None for a kernel re-attached from a record).
+    process: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    _cwd: str | None = None
     job_id: str | None = None
     step_id: str | None = None
     node: str | None = None
@@ -661,7 +667,8 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
         """
         cwd = os.path.abspath(kwargs.pop("cwd", None) or os.getcwd())
         extra_arguments = kwargs.pop("extra_arguments", [])
-        kwargs = await KernelProvisionerBase.pre_launch(self, **kwargs)
+        kwargs = await super().pre_launch(**kwargs)
+        self._cwd = cwd
         ensure_state_dir(self.state_dir)
         check_state_files(self.files.values())
         await self.check_launch(cwd)
@@ -1126,6 +1133,7 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
         On a restart, the check that the allocation still stands starts now, while the old
         kernel winds down, instead of after it (pre_launch then only collects the answer).
         """
+        await super().shutdown_requested(restart=restart)
         self._stopping = True
         if restart and self.job_id:
             self._usable_check = asyncio.ensure_future(self._job_usable())
@@ -1248,6 +1256,7 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
                 "state_dir": self.state_dir,
                 "job_name": self.job_name,
                 "connection_file": self.files["connection"],
+                "cwd": self._cwd,
             }
         )
         return info
@@ -1260,7 +1269,7 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
         job is never touched); then resumes refreshing the lease and reads the connection
         info, key included, from the kernel's connection file.
         """
-        await KernelProvisionerBase.load_provisioner_info(self, provisioner_info)
+        await super().load_provisioner_info(provisioner_info)
         self.pid = self.pgid = None
         self.process = None
         self._attached = False
@@ -1287,6 +1296,15 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
             self.job_id = self.step_id = None
             return
         self._attached = True
+        self._cwd = provisioner_info.get("cwd") or self._cwd
+        km = self.parent
+        if km is not None and not getattr(km, "_launch_args", None):
+            # KernelManager restarts with the arguments of its last start_kernel, which this
+            # server never called: give it the record's, so a re-attached kernel restarts
+            # as a new step in the same job.
+            km._launch_args = {"cwd": self._cwd} if self._cwd else {}
+            # ...and count that start as attempted, so the restart gets a fresh "ready".
+            km._attempted_start = True
         self.lease_keeper.add(self.files["lease"])
         info = _read_connection_file(self.files["connection"])
         if info:
@@ -1310,12 +1328,12 @@ class SlurmProvisioner(SlurmOptions, ContainerProvisioner):  # type: ignore[misc
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         """Seconds KernelManager waits for a clean exit before terminate/kill; srun and
         scancel need a few seconds more than a local process."""
-        return max(recommended, 15.0)
+        return max(super().get_shutdown_wait_time(recommended), 15.0)
 
     def get_stable_start_time(self, recommended: float = 10.0) -> float:
         """Seconds a kernel must stay up before the restarter counts its start as stable
         (the restarter starts after the queue wait, so that wait is not part of it)."""
-        return max(recommended, 30.0)
+        return max(super().get_stable_start_time(recommended), 30.0)
 
     def _prune_old_logs(self, days: float = 7) -> None:
         cutoff = time.time() - days * 86400

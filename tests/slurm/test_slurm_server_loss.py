@@ -122,6 +122,12 @@ async def test_restarted_server_reattaches_from_the_record(
         lease = Path(prov.files["lease"])
         before = lease.stat().st_mtime
         assert await asyncio.to_thread(wait_until, lambda: lease.stat().st_mtime > before, 25)
+        # a re-attached kernel restarts too: a new step of the same job, same ports and key
+        await km.restart_kernel()
+        assert prov.job_id == job and prov.process is not None
+        await kc.wait_for_ready(timeout=60)
+        reply, out = await run_cell(kc, "import os; print(os.environ['SLURM_JOB_ID'])")
+        assert out.strip() == job
     finally:
         kc.stop_channels()
     started = time.monotonic()
