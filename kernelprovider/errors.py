@@ -8,7 +8,12 @@ observed and the next step.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
+
 from tornado.web import HTTPError
+from traitlets import TraitError
 
 __all__ = [
     "KernelProviderError",
@@ -27,6 +32,11 @@ __all__ = [
     "SlurmJobFailed",
     "SlurmQueueTimeout",
     "StateDirError",
+    "KernelConfigError",
+    "HostNameError",
+    "HostFileError",
+    "named_error",
+    "named_errors",
 ]
 
 
@@ -105,3 +115,72 @@ class SlurmQueueTimeout(SlurmError, TimeoutError):
 
 class StateDirError(KernelProviderError, PermissionError):
     """The per-user state directory cannot be created, is unsafe, or cannot be written."""
+
+
+class KernelConfigError(KernelProviderError, ValueError):
+    """A kernel's provisioner config holds a value the provisioner refuses."""
+
+
+class HostNameError(KernelProviderError, OSError):
+    """A host or node name did not resolve."""
+
+
+class HostFileError(KernelProviderError, OSError):
+    """The host refused a file or process operation that a start needs."""
+
+
+def named_error(error: BaseException, kernel: str) -> KernelProviderError | None:
+    """The named error (with a next step) for a built-in one met while starting ``kernel``.
+
+    The table behind :func:`named_errors`, in order (subclasses before their parents):
+    TraitError and ValueError -> KernelConfigError, socket.gaierror -> HostNameError,
+    TimeoutError -> KernelStartTimeout, other OSError -> HostFileError. None for anything
+    else (it propagates as it is).
+    """
+    k = kernel or "?"
+    doctor = (
+        f"'jupyter kernelprovider doctor {kernel}'" if kernel else "'jupyter kernelprovider doctor'"
+    )
+    if isinstance(error, KernelProviderError):
+        return error
+    if isinstance(error, (TraitError, ValueError)):
+        text = str(error).rstrip(".")
+        return KernelConfigError(
+            f"Kernel {k} has an invalid provisioner config: {text}. Fix the kernelspec's "
+            f"kernel_provisioner config; {doctor} shows what a start would use."
+        )
+    if isinstance(error, socket.gaierror):
+        return HostNameError(
+            f"Kernel {k}: a host name did not resolve ({error.strerror or error}). Check the "
+            "node's NodeAddr ('scontrol show node') or set SlurmProvisioner.kernel_ip."
+        )
+    if isinstance(error, TimeoutError):
+        return KernelStartTimeout(
+            f"Kernel {k}: an operation of the start timed out ({error or 'no answer'}). Try "
+            "again; if it keeps happening, tell your admins (a slow shared filesystem?)."
+        )
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return HostFileError(
+            f"Kernel {k}: {error.strerror or error}{where} while starting. Check that path's "
+            "permissions and free space, or tell your admins."
+        )
+    return None
+
+
+@contextlib.contextmanager
+def named_errors(kernel: str) -> Iterator[None]:
+    """Turn the built-in errors of a provisioner hook into named ones (:func:`named_error`).
+
+    Used around the hooks jupyter_server calls (pre_launch, launch_kernel), so JupyterLab's
+    dialog shows a sentence with a next step instead of "Unhandled error".
+    """
+    try:
+        yield
+    except KernelProviderError:
+        raise
+    except (TraitError, ValueError, OSError) as e:
+        named = named_error(e, kernel)
+        if named is None:  # pragma: no cover - every listed type has a row
+            raise
+        raise named from e
