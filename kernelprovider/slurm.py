@@ -17,7 +17,7 @@ import stat
 import subprocess
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -398,6 +398,10 @@ async def run(
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+#: The shape of :func:`run`: (argv, timeout=...) -> (exit code, stdout, stderr).
+Runner = Callable[..., Awaitable[tuple[int, str, str]]]
+
+
 class SlurmQueue:
     """One batched ``squeue`` per interval for every kernel of this process.
 
@@ -412,8 +416,10 @@ class SlurmQueue:
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, runner: Runner | None = None) -> None:
         self.interval = interval
+        #: Runs squeue: :func:`run`, or a stand-in object with the same call in unit tests.
+        self.runner: Runner = runner or run
         self.calls = 0
         self._ids: dict[str, int] = {}
         self._jobs = _Snapshot()
@@ -489,7 +495,7 @@ class SlurmQueue:
 
     async def _squeue(self, args: list[str], ids: list[str]) -> str | None:
         self.calls += 1
-        rc, out, err = await run(["squeue", "-h", *args, "-j", ",".join(ids)], timeout=30)
+        rc, out, err = await self.runner(["squeue", "-h", *args, "-j", ",".join(ids)], timeout=30)
         if rc != 0:
             if "Invalid job id" in err:
                 return ""  # every job asked for is long gone

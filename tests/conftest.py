@@ -22,15 +22,9 @@ pytest_plugins = ["slurm_cluster"]
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = Path(os.environ.get("KP_TEST_IMAGES", ROOT / "build" / "images"))
 
-# `make test` sets this: there a missing runtime or image is a broken test environment,
-# not a reason to skip.
-REQUIRE = os.environ.get("KP_REQUIRE_RUNTIME") == "1"
-
-
-def _need(what: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{what} (run 'make testenv' or 'bash scripts/setup-testenv.sh' as root)")
-    pytest.skip(what)
+# `make test` sets KP_REQUIRE_RUNTIME=1: there a missing runtime or image is a broken test
+# environment, not a reason to skip (tests/needs.py).
+from needs import REQUIRE, need, need_module, need_root  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +32,7 @@ def apptainer() -> str:
     """Path of the real apptainer binary."""
     path = shutil.which("apptainer") or shutil.which("singularity")
     if not path:
-        _need("apptainer is not installed")
+        need("apptainer is not installed")
     return path
 
 
@@ -59,7 +53,7 @@ class Images:
 def images(apptainer: str) -> Images:
     imgs = Images(IMAGES)
     if not imgs.test.exists():
-        _need(f"test image {imgs.test} is missing")
+        need(f"test image {imgs.test} is missing")
     return imgs
 
 

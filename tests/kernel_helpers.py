@@ -41,16 +41,37 @@ async def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, str]:
 
 
 async def interrupt_running_cell(
-    interrupt: Callable[[], Awaitable[Any]], kc: Any, code: str, running_for: float = 1.5
+    interrupt: Callable[[], Awaitable[Any]], kc: Any, code: str, timeout: float = 30
 ) -> dict:
-    """Start ``code``, call ``interrupt()`` while it runs, return the interrupted cell's reply."""
-    msg_id = kc.execute(code)
-    await asyncio.sleep(running_for)
+    """Start ``code``, call ``interrupt()`` once it runs, return the interrupted cell's reply.
+
+    The cell first prints a marker; the interrupt goes out when the marker arrives on
+    IOPub, so it always lands in the running code (no fixed sleep).
+    """
+    marker = "kp-cell-running"
+    msg_id = kc.execute(f"print({marker!r}, flush=True)\n{code}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        msg = await kc.get_iopub_msg(timeout=max(0.1, deadline - loop.time()))
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and marker in msg["content"]["text"]
+        ):
+            break
     await interrupt()
-    reply = await kc.get_shell_msg(timeout=30)
+    reply = await kc.get_shell_msg(timeout=timeout)
     while reply["parent_header"].get("msg_id") != msg_id:
-        reply = await kc.get_shell_msg(timeout=30)
-    # ipykernel aborts requests that arrive while it handles the error; a person's next
-    # cell comes later than that.
-    await asyncio.sleep(0.5)
+        reply = await kc.get_shell_msg(timeout=timeout)
+    # ipykernel aborts requests that arrive while it handles the error: wait until it is
+    # idle again (the status message of this request), as a person's next cell would.
+    while True:
+        msg = await kc.get_iopub_msg(timeout=timeout)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        ):
+            break
     return reply["content"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from needs import need
 
 from kernelprovider.slurm import FINISHED_STATES
 
@@ -37,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "slurm-cluster.sh"
 
 # Same switch as conftest: under `make test` a missing cluster is a broken test environment.
-REQUIRE = os.environ.get("KP_REQUIRE_RUNTIME") == "1"
 
 # squeue fields, in order; the separator is one no job name here contains.
 _SEP = "\x1f"
@@ -73,9 +73,7 @@ def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[st
 
 
 def _need(what: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{what} (run 'sudo scripts/slurm-cluster.sh start')")
-    pytest.skip(what)
+    need(what, "slurm")
 
 
 def _cluster_up() -> bool:

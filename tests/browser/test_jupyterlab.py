@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import need, need_module
 
-pytest.importorskip("jupyterlab")
-playwright_api = pytest.importorskip("playwright.sync_api")
+need_module("jupyterlab", "browser")
+playwright_api = need_module("playwright.sync_api", "browser")
 
 from integration.test_server import TOKEN, Server  # noqa: E402
 from slurm_cluster import squeue_jobs, wait_job_state  # noqa: E402
@@ -51,9 +52,7 @@ WHERE = "import os; print(os.environ['SLURM_JOB_ID'], os.environ['SLURM_JOB_PART
 
 
 def _need(what: str) -> None:
-    if os.environ.get("KP_REQUIRE_RUNTIME") == "1":
-        pytest.fail(f"{what} (run 'scripts/setup-hub.sh' as root)")
-    pytest.skip(what)
+    need(what, "browser")
 
 
 @pytest.fixture

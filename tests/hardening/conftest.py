@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from needs import need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_USERS = ROOT / "scripts" / "setup-users.sh"
@@ -47,8 +48,7 @@ def _user(name: str) -> TestUser:
 @pytest.fixture(scope="session")
 def _users_ready() -> tuple[TestUser, TestUser, str]:
     """Run scripts/setup-users.sh (idempotent, ~0.5 s once done) and return the users."""
-    if os.geteuid() != 0:
-        pytest.skip("switching to the unprivileged test users needs root")
+    need_root("switching to the unprivileged test users")
     proc = subprocess.run(
         ["bash", str(SETUP_USERS)], capture_output=True, text=True, timeout=900, check=False
     )

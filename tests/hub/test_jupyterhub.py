@@ -22,9 +22,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from needs import need, need_module
 
-requests = pytest.importorskip("requests")
-pytest.importorskip("jupyterhub")
+requests = need_module("requests", "hub")
+need_module("jupyterhub", "hub")
 
 from integration.test_server import free_port, ws_execute_at  # noqa: E402
 
@@ -33,7 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CHP = ROOT / "build" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-REQUIRE = os.environ.get("KP_REQUIRE_RUNTIME") == "1"
 PASSWORD = "kp-" + uuid.uuid4().hex
 USER = "alice"
 TF = "TF 1.8 / CUDA 9.2 (GPU)"
@@ -68,9 +68,7 @@ c.Spawner.http_timeout = 120
 
 
 def _need(what: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{what} (run 'scripts/setup-hub.sh' as root)")
-    pytest.skip(what)
+    need(what, "hub")
 
 
 class Hub:

@@ -13,6 +13,7 @@ import pytest
 import tornado
 from jupyter_client import AsyncKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
+from needs import need, need_root
 from traitlets import TraitError
 
 from kernelprovider.errors import (
@@ -61,8 +62,9 @@ async def test_corrupt_image(images, install_kernel, jupyter_dirs) -> None:
 def test_unreadable_image_for_another_user(images) -> None:
     """The check runs as an unprivileged user, who cannot read a 0600 image of root's."""
     python = "/usr/bin/python3"
-    if os.geteuid() != 0 or not os.path.exists(python):
-        pytest.skip("needs root (to switch to nobody) and the system python3")
+    need_root("switching to nobody")
+    if not os.path.exists(python):
+        need(f"the system {python}")
     root = Path(__file__).resolve().parents[2]
     site_packages = Path(tornado.__file__).parent.parent  # errors.py imports tornado
     shared = Path(tempfile.mkdtemp(prefix="kp-unreadable-"))
@@ -87,7 +89,7 @@ def test_unreadable_image_for_another_user(images) -> None:
     finally:
         shutil.rmtree(shared)
     if "No module named 'kernelprovider'" in proc.stderr:
-        pytest.skip("the checkout is not readable by nobody")
+        need("the checkout is not readable by nobody", "root")
     assert proc.returncode == 1, proc.stderr
     assert "ImageNotReadable" in proc.stderr
     assert f"Image {image} is not readable by this user (kernel k)" in proc.stderr
@@ -120,7 +122,7 @@ async def test_image_without_ipykernel(images, install_kernel, jupyter_dirs) -> 
 
 async def test_image_without_python(images, install_kernel, jupyter_dirs) -> None:
     if not images.nopython.exists():
-        pytest.skip("no python-less test image")
+        need(f"test image {images.nopython} is missing")
     install_kernel("nopy", images.nopython)
     with pytest.raises(KernelStartError) as e:
         await start("nopy", jupyter_dirs["work"])

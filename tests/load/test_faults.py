@@ -16,6 +16,7 @@ import psutil
 import pytest
 from jupyter_client import AsyncKernelManager
 from kernel_helpers import start_kernel
+from needs import need_root
 
 from kernelprovider.errors import SlurmSubmitError, StateDirError
 from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
@@ -149,8 +150,7 @@ async def test_killed_container_is_detected_and_restartable(images, install_kern
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs of our own (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    need_root("mounting a tmpfs")
     mnt = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
     subprocess.run(

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from needs import need_root
 from traitlets import TraitError
 
 from kernelprovider.errors import StateDirError
@@ -328,8 +329,7 @@ def test_state_dir_refuses_a_symlink(tmp_path: Path) -> None:
 
 
 def test_state_dir_refuses_another_users_directory(tmp_path: Path) -> None:
-    if os.getuid() != 0:
-        pytest.skip("needs root to create a directory owned by someone else")
+    need_root("creating a directory owned by someone else")
     path = tmp_path / "theirs"
     path.mkdir(mode=0o700)
     os.chown(path, 65534, 65534)
