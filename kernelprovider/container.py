@@ -34,6 +34,7 @@ from .errors import DriverDirNotFound, DriverIncompatible, KernelProviderError
 from .gpu import driver_dir_for, host_facts, visible_gpus
 from .image import image_facts_async
 from .launch import LaunchContext, LaunchPlan
+from .offloop import in_thread
 from .options import CONTAINER_OPTIONS, options_mixin
 
 __all__ = ["ContainerOptions", "ContainerMixin", "local_host_facts", "NV_LIBS"]
@@ -296,10 +297,21 @@ class ContainerMixin(ContainerOptions):  # type: ignore[misc,valid-type]
                 f"Kernel {self.kernel_name or '?'} has no image configured. Set 'image' in "
                 "the kernelspec's kernel_provisioner config."
             )
-        check_image(self.image, self.kernel_name)
+        await in_thread(
+            check_image,
+            self.image,
+            self.kernel_name,
+            timeout=self.fs_timeout,
+            what=f"Image {self.image}",
+        )
         self.runtime_info = await find_runtime_async(self.runtime)
         binds = [*self.connection_binds(cwd), *self.user_binds()]
-        check_bind_sources(binds)
+        await in_thread(
+            check_bind_sources,
+            binds,
+            timeout=self.fs_timeout,
+            what="The bind sources " + ", ".join(b.src for b in binds),
+        )
         return binds
 
     def launch_plan(self, ctx: LaunchContext, *, strict: bool = True) -> LaunchPlan:

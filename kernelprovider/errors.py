@@ -33,6 +33,7 @@ __all__ = [
     "SlurmQueueTimeout",
     "StateDirError",
     "KernelConfigError",
+    "FilesystemTimeout",
     "HostNameError",
     "HostFileError",
     "named_error",
@@ -115,6 +116,10 @@ class SlurmQueueTimeout(SlurmError, TimeoutError):
 
 class StateDirError(KernelProviderError, PermissionError):
     """The per-user state directory cannot be created, is unsafe, or cannot be written."""
+
+
+class FilesystemTimeout(KernelProviderError, TimeoutError):
+    """A filesystem call of a start did not return in time (a hung shared filesystem)."""
 
 
 class KernelConfigError(KernelProviderError, ValueError):

@@ -264,6 +264,14 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
         cli_help="Host CUDA toolkit bound at /usr/local/cuda.",
     ),
     Option(
+        "fs_timeout",
+        "float",
+        30.0,
+        "Seconds a filesystem check of a start (image, binds, state directory, connection "
+        "file, lease) may take; past that the start fails instead of freezing the server on "
+        "a hung shared filesystem.",
+    ),
+    Option(
         "ready_timeout",
         "float",
         120.0,

@@ -34,6 +34,7 @@ from .apptainer import Bind, RuntimeInfo, build_step_gpu_prelude, container_env,
 from .compat import HostFacts, ImageFacts
 from .container import ContainerMixin
 from .errors import (
+    FilesystemTimeout,
     KernelStartError,
     KernelStartTimeout,
     SlurmError,
@@ -45,6 +46,7 @@ from .errors import (
 )
 from .gpu import PROBE_SCRIPT, parse_probe_output
 from .launch import LaunchContext, LaunchPlan
+from .offloop import in_thread
 from .options import (
     SLURM_OPTIONS,
     options_mixin,
@@ -546,9 +548,10 @@ class LeaseKeeper:
         keeper.interval = min(keeper.interval, interval)
         return keeper
 
-    def add(self, path: str) -> None:
-        """Create or refresh ``path`` now and keep refreshing it."""
-        touch(path)
+    async def add(self, path: str, timeout: float = 30.0) -> None:
+        """Create or refresh ``path`` now (in a thread, FilesystemTimeout past ``timeout``)
+        and keep refreshing it."""
+        await in_thread(touch, path, timeout=timeout, what=f"Lease file {path}")
         self.paths.add(path)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -564,8 +567,12 @@ class LeaseKeeper:
         while self.paths:
             await asyncio.sleep(self.interval)
             for path in list(self.paths):
+                # A hung filesystem costs this round (the lease keeps its age; the next
+                # round tries again), never the loop.
                 try:
-                    os.utime(path)
+                    await in_thread(os.utime, path, timeout=self.interval, what=f"Lease {path}")
+                except FilesystemTimeout:
+                    continue
                 except OSError:
                     self.paths.discard(path)
 
@@ -677,10 +684,13 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
             extra_arguments = kwargs.pop("extra_arguments", [])
             kwargs = await super().pre_launch(**kwargs)
             self._cwd = cwd
-            ensure_state_dir(self.state_dir)
-            check_state_files(self.files.values())
+            what = f"State directory {self.state_dir}"
+            await in_thread(ensure_state_dir, self.state_dir, timeout=self.fs_timeout, what=what)
+            await in_thread(
+                check_state_files, self.files.values(), timeout=self.fs_timeout, what=what
+            )
             await self.check_launch(cwd)
-            self._prune_old_logs()
+            await in_thread(self._prune_old_logs, timeout=self.fs_timeout, what=what)
 
             self._new_job = False
             self._stopping = False
@@ -836,8 +846,13 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         """
         with named_errors(self.kernel_name):
             log_path = self.files["log"]
-            log_fd = os.open(
-                log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600
+            log_fd = await in_thread(
+                os.open,
+                log_path,
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                0o600,
+                timeout=self.fs_timeout,
+                what=f"Log file {log_path}",
             )
             try:
                 self.process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
@@ -884,7 +899,12 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         deadline = loop.time() + self.boot_timeout
         conn_file = self.files["connection"]
         while True:
-            info = _read_connection_file(conn_file)
+            info = await in_thread(
+                _read_connection_file,
+                conn_file,
+                timeout=self.fs_timeout,
+                what=f"Connection file {conn_file}",
+            )
             if info and await listening("tcp", info["ip"], info["shell_port"]):
                 return info
             code = self.process.poll() if self.process else 0
@@ -923,7 +943,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         self.job_id = self.step_id = self.node = None
         self._connection = None  # a new allocation means a new node: new ports, new key
         lease = self.files["lease"]
-        self.lease_keeper.add(lease)
+        await self.lease_keeper.add(lease, self.fs_timeout)
         argv = build_sbatch_argv(
             self.job_name,
             output=self.files["log"],
@@ -1316,8 +1336,13 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
             km._launch_args = {"cwd": self._cwd} if self._cwd else {}
             # ...and count that start as attempted, so the restart gets a fresh "ready".
             km._attempted_start = True
-        self.lease_keeper.add(self.files["lease"])
-        info = _read_connection_file(self.files["connection"])
+        await self.lease_keeper.add(self.files["lease"], self.fs_timeout)
+        info = await in_thread(
+            _read_connection_file,
+            self.files["connection"],
+            timeout=self.fs_timeout,
+            what=f"Connection file {self.files['connection']}",
+        )
         if info:
             self._connection = info
             self.connection_info = dict(info, key=info["key"].encode())

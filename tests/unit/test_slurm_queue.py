@@ -64,7 +64,7 @@ async def test_steps_of_a_reattached_kernel() -> None:
 async def test_lease_keeper_refreshes_until_discarded(tmp_path: Path) -> None:
     lease = tmp_path / "kernel-1.lease"
     keeper = LeaseKeeper(0.05)
-    keeper.add(str(lease))
+    await keeper.add(str(lease))
     assert lease.exists() and oct(lease.stat().st_mode & 0o777) == "0o600"
     old = lease.stat().st_mtime_ns - 10**9
     os.utime(lease, ns=(old, old))
@@ -80,7 +80,7 @@ async def test_lease_keeper_refreshes_until_discarded(tmp_path: Path) -> None:
 async def test_lease_keeper_drops_a_lease_that_vanished(tmp_path: Path) -> None:
     lease = tmp_path / "kernel-2.lease"
     keeper = LeaseKeeper(0.05)
-    keeper.add(str(lease))
+    await keeper.add(str(lease))
     lease.unlink()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10

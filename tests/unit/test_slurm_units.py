@@ -387,7 +387,7 @@ def test_queue_and_lease_keeper_are_per_event_loop(tmp_path: Path) -> None:
         again = SlurmQueue.instance(interval * 2)  # the shortest interval wins
         keeper = LeaseKeeper.instance(30)
         lease = tmp_path / "k.lease"
-        keeper.add(str(lease))
+        await keeper.add(str(lease))
         assert lease.exists() and lease.stat().st_mode & 0o777 == 0o600
         keeper.discard(str(lease))
         return first, again, keeper
