@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kernelprovider.slurm import LeaseKeeper, SlurmQueue
 
 
@@ -87,3 +89,68 @@ async def test_lease_keeper_drops_a_lease_that_vanished(tmp_path: Path) -> None:
     while keeper.paths and loop.time() < deadline:
         await asyncio.sleep(0.01)
     assert keeper.paths == set()
+
+
+# --- the allocation wait (SlurmProvisioner._wait_running), no KernelManager ------------------
+
+
+class Script:
+    """squeue answers in order (the last one repeats)."""
+
+    def __init__(self, *answers: tuple[int, str, str]) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def __call__(self, argv: list[str], **kwargs: Any) -> tuple[int, str, str]:
+        self.calls += 1
+        await asyncio.sleep(0)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def row(state: str, reason: str = "None") -> tuple[int, str, str]:
+    return 0, f"47|{state}|{reason}|vm|N/A|kp-k1|alice\n", ""
+
+
+async def waiting(tmp_path: Path, script: Script) -> Any:
+    from kernelprovider.slurm import SlurmProvisioner
+
+    SlurmQueue._instances[asyncio.get_running_loop()] = SlurmQueue(0.0, runner=script)
+    prov = SlurmProvisioner(kernel_id="k1", kernel_spec=None, state_dir=str(tmp_path))
+    prov.job_id = "47"
+    prov.queue.register("47")
+    return prov
+
+
+async def test_allocation_wait_returns_once_the_job_runs(tmp_path: Path) -> None:
+    script = Script(row("PENDING", "Priority"), row("PENDING", "Resources"), row("RUNNING"))
+    prov = await waiting(tmp_path, script)
+    await prov._wait_running()
+    assert script.calls == 3
+
+
+async def test_allocation_wait_rides_out_a_silent_controller(tmp_path: Path) -> None:
+    down = (1, "", "slurm_load_jobs error: Unable to contact slurm controller")
+    script = Script(down, down, row("RUNNING"))
+    prov = await waiting(tmp_path, script)
+    await prov._wait_running()
+    assert script.calls == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (row("PENDING", "BadConstraints"), ["47", "BadConstraints", "cancelled"]),
+        (row("FAILED", "NonZeroExitCode"), ["47", "FAILED", "sacct -j 47"]),
+        ((1, "", "slurm_load_jobs error: Invalid job id specified"), ["47", "sacct -j 47"]),
+    ],
+    ids=["hopeless-reason", "failed", "vanished"],
+)
+async def test_allocation_wait_reports_a_job_that_cannot_start(
+    tmp_path: Path, answer: tuple[int, str, str], words: list[str]
+) -> None:
+    from kernelprovider.errors import SlurmJobFailed
+
+    prov = await waiting(tmp_path, Script(answer))
+    with pytest.raises(SlurmJobFailed) as info:
+        await prov._wait_running()
+    assert all(w in str(info.value) for w in words)
