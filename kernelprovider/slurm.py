@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -320,7 +321,8 @@ def ensure_state_dir(path: str) -> str:
                 f"cannot be changed ({e.strerror}); fix its permissions."
             ) from e
     # A real write, not os.access: root passes access() on a read-only or full filesystem.
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    # Per thread too: starts of this process check the directory in parallel threads.
+    probe = os.path.join(path, f".write-test-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -1288,6 +1290,9 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
                 "job_name": self.job_name,
                 "connection_file": self.files["connection"],
                 "cwd": self._cwd,
+                # the local srun of the step (what LocalProvisioner records for its process)
+                "pid": self.pid,
+                "pgid": self.pgid,
             }
         )
         return info
