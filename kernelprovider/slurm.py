@@ -606,6 +606,15 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
     (:mod:`kernelprovider.options`).
     """
 
+    @classmethod
+    def section_names(cls) -> list[str]:
+        """Config sections that apply, lowest priority first: ``c.ContainerProvisioner.*``
+        (site-wide container settings, documented to reach Slurm kernels too) just before
+        ``c.SlurmProvisioner.*``. Called by traitlets when config is loaded."""
+        names = [n for n in super().section_names() if n != "ContainerProvisioner"]
+        at = names.index(cls.__name__) if cls.__name__ in names else len(names)
+        return [*names[:at], "ContainerProvisioner", *names[at:]]
+
     @default("state_dir")
     def _state_dir_default(self) -> str:
         return os.path.join(jupyter_data_dir(), "kernelprovider")

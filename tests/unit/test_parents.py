@@ -47,3 +47,15 @@ def test_overrides_of_concrete_hooks_call_super(cls: type) -> None:
         if name not in vars(cls) or getattr(getattr(parent, name), "__isabstractmethod__", False):
             continue
         assert "super()" in inspect.getsource(vars(cls)[name]), f"{cls.__name__}.{name}"
+
+
+def test_site_wide_container_settings_reach_slurm_kernels() -> None:
+    from traitlets.config import Config
+
+    config = Config()
+    config.ContainerProvisioner.binds = ["/scratch"]
+    config.ContainerProvisioner.gpu = "none"
+    config.SlurmProvisioner.gpu = "nvccli"  # the Slurm section wins where both speak
+    prov = SlurmProvisioner(config=config, kernel_id="k", kernel_spec=None)
+    assert prov.binds == ["/scratch"] and prov.gpu == "nvccli"
+    assert SlurmProvisioner.section_names()[-2:] == ["ContainerProvisioner", "SlurmProvisioner"]
