@@ -33,10 +33,10 @@ class KernelSpecApp(JupyterApp):
 
 
 # One trait per option of the table that has a command-line flag (kernelprovider.options).
-_OptionTraits: Any = type("_OptionTraits", (KernelSpecApp,), cli_traits())
+InstallOptions: Any = type("InstallOptions", (KernelSpecApp,), cli_traits())
 
 
-class InstallOptionsApp(_OptionTraits):  # type: ignore[misc,valid-type]
+class InstallOptionsApp(InstallOptions):  # type: ignore[misc,valid-type]
     """The options ``install`` and ``scan`` share, and the one builder of their kernel.json."""
 
     python = Unicode("python3", help="The python inside the image.").tag(config=True)
