@@ -9,8 +9,10 @@ observed and the next step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from tornado.web import HTTPError
 from traitlets import TraitError
@@ -38,6 +40,7 @@ __all__ = [
     "HostFileError",
     "named_error",
     "named_errors",
+    "named_hook",
 ]
 
 
@@ -189,3 +192,18 @@ def named_errors(kernel: str) -> Iterator[None]:
         if named is None:  # pragma: no cover - every listed type has a row
             raise
         raise named from e
+
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Awaitable[Any]])
+
+
+def named_hook(hook: _Hook) -> _Hook:
+    """Decorate a provisioner hook so its built-in errors leave it as named ones
+    (:func:`named_errors`, with the provisioner's ``kernel_name``)."""
+
+    @functools.wraps(hook)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with named_errors(getattr(self, "kernel_name", "") or ""):
+            return await hook(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

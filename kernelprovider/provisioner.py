@@ -19,7 +19,7 @@ from .errors import (
     KernelStartError,
     KernelStartTimeout,
     StateDirError,
-    named_errors,
+    named_hook,
 )
 
 __all__ = [
@@ -105,50 +105,51 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
 
     _tail: LogTail | None = None
 
+    @named_hook
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Wrap the kernelspec's argv in ``apptainer exec``; called by KernelManager before launch.
 
         LocalProvisioner writes the connection file and formats the argv; a failed check
         removes that file again (it holds the key) before the error propagates.
         """
-        with named_errors(self.kernel_name):
-            cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
-            try:
-                kwargs = await super().pre_launch(**kwargs)
-            except OSError as e:
-                conn = getattr(self.parent, "connection_file", "") or "the runtime directory"
-                await self._discard_connection()
-                if os.path.isfile(conn):  # the half-written file jupyter_client began
-                    with contextlib.suppress(OSError):
-                        os.unlink(conn)
-                raise StateDirError(
-                    f"Cannot write the kernel's connection file {conn}: {e.strerror}. Free space "
-                    "there or point JUPYTER_RUNTIME_DIR at a writable directory."
-                ) from e
-            try:
-                await self.check_launch(cwd)
-                plan = await self.plan_start(self.inner_command(kwargs["cmd"]), cwd, kwargs["env"])
-            except Exception:
-                await self._discard_connection()
-                raise
-            argv = plan.argv
-            self.verdicts = plan.verdicts
-            kwargs["cmd"] = argv
-            kwargs["cwd"] = cwd
-            drop_host_python(kwargs["env"])
-            kwargs["env"].update(plan.env)
-            kwargs["stderr"] = subprocess.PIPE
-            assert self.runtime_info is not None
-            self.log.info(
-                "Starting kernel %s in %s with %s (gpu=%s)",
-                self.kernel_id,
-                self.image,
-                self.runtime_info.flavor,
-                self.gpu,
-            )
-            self.log.debug("Container argv: %s", argv)
-            return kwargs
+        cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
+        try:
+            kwargs = await super().pre_launch(**kwargs)
+        except OSError as e:
+            conn = getattr(self.parent, "connection_file", "") or "the runtime directory"
+            await self._discard_connection()
+            if os.path.isfile(conn):  # the half-written file jupyter_client began
+                with contextlib.suppress(OSError):
+                    os.unlink(conn)
+            raise StateDirError(
+                f"Cannot write the kernel's connection file {conn}: {e.strerror}. Free space "
+                "there or point JUPYTER_RUNTIME_DIR at a writable directory."
+            ) from e
+        try:
+            await self.check_launch(cwd)
+            plan = await self.plan_start(self.inner_command(kwargs["cmd"]), cwd, kwargs["env"])
+        except Exception:
+            await self._discard_connection()
+            raise
+        argv = plan.argv
+        self.verdicts = plan.verdicts
+        kwargs["cmd"] = argv
+        kwargs["cwd"] = cwd
+        drop_host_python(kwargs["env"])
+        kwargs["env"].update(plan.env)
+        kwargs["stderr"] = subprocess.PIPE
+        assert self.runtime_info is not None
+        self.log.info(
+            "Starting kernel %s in %s with %s (gpu=%s)",
+            self.kernel_id,
+            self.image,
+            self.runtime_info.flavor,
+            self.gpu,
+        )
+        self.log.debug("Container argv: %s", argv)
+        return kwargs
 
+    @named_hook
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the container and return once the kernel listens; called by KernelManager.
 
@@ -156,16 +157,15 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
         without ipykernel into an immediate error with the log's last lines, instead of a
         client waiting out its 60 s kernel_info timeout.
         """
-        with named_errors(self.kernel_name):
-            info = await super().launch_kernel(cmd, **kwargs)
-            assert self.process is not None
-            self._tail = LogTail(self.process.stderr, sys.stderr)
-            try:
-                await self._wait_until_listening()
-            except Exception:
-                await self._discard_connection()
-                raise
-            return info
+        info = await super().launch_kernel(cmd, **kwargs)
+        assert self.process is not None
+        self._tail = LogTail(self.process.stderr, sys.stderr)
+        try:
+            await self._wait_until_listening()
+        except Exception:
+            await self._discard_connection()
+            raise
+        return info
 
     async def _wait_until_listening(self) -> None:
         loop = asyncio.get_running_loop()

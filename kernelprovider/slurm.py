@@ -43,7 +43,7 @@ from .errors import (
     SlurmQueueTimeout,
     SlurmSubmitError,
     StateDirError,
-    named_errors,
+    named_hook,
 )
 from .gpu import PROBE_SCRIPT, parse_probe_output
 from .launch import LaunchContext, LaunchPlan
@@ -681,6 +681,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
 
     # --- launch ---------------------------------------------------------------------------
 
+    @named_hook
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Get the allocation and build the kernel step's argv; called by KernelManager.
 
@@ -690,63 +691,60 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         and learns its node and address. A start that fails here gives back the job it
         submitted (cancelled, confirmed gone) and its lease before the error propagates.
         """
-        with named_errors(self.kernel_name):
-            cwd = os.path.abspath(kwargs.pop("cwd", None) or os.getcwd())
-            extra_arguments = kwargs.pop("extra_arguments", [])
-            kwargs = await super().pre_launch(**kwargs)
-            self._cwd = cwd
-            what = f"State directory {self.state_dir}"
-            await in_thread(ensure_state_dir, self.state_dir, timeout=self.fs_timeout, what=what)
-            await in_thread(
-                check_state_files, self.files.values(), timeout=self.fs_timeout, what=what
-            )
-            await self.check_launch(cwd)
-            await in_thread(self._prune_old_logs, timeout=self.fs_timeout, what=what)
+        cwd = os.path.abspath(kwargs.pop("cwd", None) or os.getcwd())
+        extra_arguments = kwargs.pop("extra_arguments", [])
+        kwargs = await super().pre_launch(**kwargs)
+        self._cwd = cwd
+        what = f"State directory {self.state_dir}"
+        await in_thread(ensure_state_dir, self.state_dir, timeout=self.fs_timeout, what=what)
+        await in_thread(check_state_files, self.files.values(), timeout=self.fs_timeout, what=what)
+        await self.check_launch(cwd)
+        await in_thread(self._prune_old_logs, timeout=self.fs_timeout, what=what)
 
-            self._new_job = False
-            self._stopping = False
-            try:
-                check, self._usable_check = self._usable_check, None
-                if not await (check if check is not None else self._job_usable()):
-                    await self._submit()
-                    self._new_job = True
-                await self._wait_running()
-                await self._locate_node()
-            except BaseException as e:
-                # Nobody calls cleanup() after a failed start: give the allocation back here.
-                if self._new_job or isinstance(e, SlurmError):
-                    await self._release()
-                raise
-            finally:
-                self._set_reason("")
+        self._new_job = False
+        self._stopping = False
+        try:
+            check, self._usable_check = self._usable_check, None
+            if not await (check if check is not None else self._job_usable()):
+                await self._submit()
+                self._new_job = True
+            await self._wait_running()
+            await self._locate_node()
+        except BaseException as e:
+            # Nobody calls cleanup() after a failed start: give the allocation back here.
+            if self._new_job or isinstance(e, SlurmError):
+                await self._release()
+            raise
+        finally:
+            self._set_reason("")
 
-            # The kernel on the node writes F itself (its own ports and key); the manager reads
-            # it from there, so the key never travels through argv, Slurm or the environment.
-            km = self.parent
-            conn = self.files["connection"]
-            km.connection_file = conn
-            kernel_cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
-            inner = [a.replace(os.path.realpath(conn), conn) for a in kernel_cmd]
-            try:
-                # The GPU pre-flight probes the allocated node, so it runs here, in the job.
-                plan = await self.plan_start(self.inner_command(inner), cwd, kwargs["env"])
-            except BaseException:
-                if self._new_job:
-                    await self._release()
-                raise
-            self.verdicts = plan.verdicts
-            if self._connection:
-                # A restart: ipykernel removed F when the last kernel exited. Writing it back
-                # makes the new kernel bind the same ports with the same key, so clients stay.
-                _write_connection_file(conn, self._connection)
-            argv = plan.argv
-            # srun hands its own environment to the step, so it gets a short allowlist plus
-            # the plan's variables.
-            kwargs["env"] = slurm_env(kwargs["env"], plan.env)
-            kwargs["cmd"] = argv
-            kwargs["cwd"] = cwd
-            self.log.debug("Kernel %s: step argv %s", self.kernel_id, argv)
-            return kwargs
+        # The kernel on the node writes F itself (its own ports and key); the manager reads
+        # it from there, so the key never travels through argv, Slurm or the environment.
+        km = self.parent
+        conn = self.files["connection"]
+        km.connection_file = conn
+        kernel_cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
+        inner = [a.replace(os.path.realpath(conn), conn) for a in kernel_cmd]
+        try:
+            # The GPU pre-flight probes the allocated node, so it runs here, in the job.
+            plan = await self.plan_start(self.inner_command(inner), cwd, kwargs["env"])
+        except BaseException:
+            if self._new_job:
+                await self._release()
+            raise
+        self.verdicts = plan.verdicts
+        if self._connection:
+            # A restart: ipykernel removed F when the last kernel exited. Writing it back
+            # makes the new kernel bind the same ports with the same key, so clients stay.
+            _write_connection_file(conn, self._connection)
+        argv = plan.argv
+        # srun hands its own environment to the step, so it gets a short allowlist plus
+        # the plan's variables.
+        kwargs["env"] = slurm_env(kwargs["env"], plan.env)
+        kwargs["cmd"] = argv
+        kwargs["cwd"] = cwd
+        self.log.debug("Kernel %s: step argv %s", self.kernel_id, argv)
+        return kwargs
 
     def launch_context(
         self,
@@ -845,6 +843,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         """Slurm kernels read their connection file from the state directory."""
         return [Bind(self.state_dir, self.state_dir), Bind(cwd, cwd)]
 
+    @named_hook
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the kernel step and return the connection info the kernel wrote.
 
@@ -855,55 +854,54 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         kernel does not come up, its step is ended, and a job submitted for this start is
         given back.
         """
-        with named_errors(self.kernel_name):
-            log_path = self.files["log"]
-            log_fd = await in_thread(
-                os.open,
-                log_path,
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
-                0o600,
-                timeout=self.fs_timeout,
-                what=f"Log file {log_path}",
+        log_path = self.files["log"]
+        log_fd = await in_thread(
+            os.open,
+            log_path,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+            0o600,
+            timeout=self.fs_timeout,
+            what=f"Log file {log_path}",
+        )
+        try:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                env=kwargs.get("env"),
+                cwd=kwargs.get("cwd"),
+                start_new_session=True,
             )
-            try:
-                self.process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=log_fd,
-                    env=kwargs.get("env"),
-                    cwd=kwargs.get("cwd"),
-                    start_new_session=True,
-                )
-            finally:
-                os.close(log_fd)
-            self.pid = self.process.pid
-            self.pgid = self.pid
-            self.step_id = None
-            self.log.info(
-                "Kernel %s: starting in %s as a step of Slurm job %s on %s (%s)",
-                self.kernel_id,
-                self.image,
-                self.job_id,
-                self.node,
-                self.node_ip,
-            )
-            try:
-                self._connection = await self._wait_for_kernel()
-            except BaseException:
-                await self.kill()
-                self.process = None
-                if self._new_job:
-                    await self._release()
-                raise
-            self.connection_info = dict(self._connection)
-            self.connection_info["key"] = self._connection["key"].encode()
-            # KernelManager keeps F as its connection file: load it so its reconcile step finds
-            # the manager, the file and this info in agreement (and writes nothing itself).
-            if self.parent is not None:
-                self.parent.load_connection_info(self.connection_info)
-            self._new_job = False
-            return self.connection_info
+        finally:
+            os.close(log_fd)
+        self.pid = self.process.pid
+        self.pgid = self.pid
+        self.step_id = None
+        self.log.info(
+            "Kernel %s: starting in %s as a step of Slurm job %s on %s (%s)",
+            self.kernel_id,
+            self.image,
+            self.job_id,
+            self.node,
+            self.node_ip,
+        )
+        try:
+            self._connection = await self._wait_for_kernel()
+        except BaseException:
+            await self.kill()
+            self.process = None
+            if self._new_job:
+                await self._release()
+            raise
+        self.connection_info = dict(self._connection)
+        self.connection_info["key"] = self._connection["key"].encode()
+        # KernelManager keeps F as its connection file: load it so its reconcile step finds
+        # the manager, the file and this info in agreement (and writes nothing itself).
+        if self.parent is not None:
+            self.parent.load_connection_info(self.connection_info)
+        self._new_job = False
+        return self.connection_info
 
     async def _wait_for_kernel(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
