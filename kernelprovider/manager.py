@@ -13,7 +13,9 @@ provisioners behave exactly as before.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import weakref
 from typing import Any
 
 from jupyter_core.utils import ensure_async
@@ -37,6 +39,12 @@ class SlurmAwareKernelManager(AsyncMappingKernelManager):
       "starting", the pending reason in "reason"), so it can be seen and shut down.
     - The kernel model gains "slurm": job id, state, node, reason, end time, seconds left.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The last resort for queued jobs when the server skips its shutdown (see
+        # SlurmProvisioner.cancel_queued_at_exit); a normal stop has cancelled them already.
+        atexit.register(_cancel_queued_at_exit, weakref.ref(self))
 
     def _queued(self, kernel_id: str) -> SlurmProvisioner | None:
         """The provisioner of ``kernel_id`` if that kernel waits for its Slurm allocation."""
@@ -69,7 +77,9 @@ class SlurmAwareKernelManager(AsyncMappingKernelManager):
         ready = km.ready
         if ready.done() and not ready.cancelled() and ready.exception() is not None:
             if not self._using_pending_kernels():
+                # (and forgotten: shutdown_all would otherwise trip over its id)
                 self._kernels.pop(kernel_id, None)
+                self._pending_kernels.pop(kernel_id, None)
         else:
             km.last_activity = utcnow()
 
@@ -96,6 +106,8 @@ class SlurmAwareKernelManager(AsyncMappingKernelManager):
                 ready = asyncio.wrap_future(ready)
             with contextlib.suppress(Exception):
                 await ready  # the start fails within a second: SlurmStartCancelled
+            if kernel_id not in self._kernels:
+                return  # a default-mode start: unlisted with its failure, nothing left
         await super()._async_shutdown_kernel(kernel_id, now=now, restart=restart)
 
     shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
@@ -158,3 +170,13 @@ class SlurmAwareKernelManager(AsyncMappingKernelManager):
         """Culling check; a kernel waiting in the queue is not idle, it waits."""
         if self._queued(kernel_id) is None:
             await ensure_async(super().cull_kernel_if_idle(kernel_id))
+
+
+def _cancel_queued_at_exit(ref: weakref.ref[SlurmAwareKernelManager]) -> None:
+    manager = ref()
+    if manager is None:
+        return
+    for kernel_id in list(manager._kernels):
+        prov = manager._queued(kernel_id)
+        if prov is not None:
+            prov.cancel_queued_at_exit()

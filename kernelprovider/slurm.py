@@ -1383,6 +1383,27 @@ class SlurmProvisioner(ContainerProvisioner):
             "seconds_left": None if self._waiting else left,
         }
 
+    def cancel_queued_at_exit(self) -> None:
+        """scancel this kernel's pending job, blocking; called by kernelprovider.manager at
+        interpreter exit when the server skipped its own shutdown (a plain Ctrl-C without a
+        terminal ends jupyter_server's loop with KeyboardInterrupt and no cleanup). No event
+        loop runs any more, so this is a plain subprocess call."""
+        if not (self._waiting and self.job_id):
+            return
+        subprocess.run(
+            ["scancel", f"--name={self.job_name}", self.job_id],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=15,
+            check=False,
+        )
+        self.log.info(
+            "Kernel %s: the server exits without its shutdown; cancelled %s",
+            self.kernel_id,
+            self.queue_status(),
+        )
+        _unlink(self.files["lease"])
+
     def _enter_queue(self) -> None:
         self._waiting = True
         self._queued_reason = ""

@@ -32,7 +32,9 @@ def free_port() -> int:
 class Server:
     """A jupyter_server subprocess on loopback, with its log captured to a file."""
 
-    def __init__(self, root: Path, log: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, log: Path, extra_args: list[str] | None = None, stdin: Any = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -51,6 +53,7 @@ class Server:
                 *(["--allow-root"] if os.geteuid() == 0 else []),
                 *(extra_args or []),
             ],
+            stdin=stdin,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),
