@@ -289,13 +289,13 @@ async def test_scancel_from_outside_is_explained_and_follows_on_job_end(
     slurm_server, slurm_kernelspec, policy: str
 ) -> None:
     server = slurm_server()
-    name = slurm_kernelspec("cancelled", on_job_end=policy)
+    name = slurm_kernelspec("cancelled", on_job_end=policy, time_limit="20:00")
     kernel_id = (await server.request("POST", "/api/kernels", {"name": name}))["id"]
     status, out, err = await ws_run(
         server, kernel_id, "import os; print(os.environ['SLURM_JOB_ID'])"
     )
     job_id = out.strip()
-    assert err == ""  # 10 minutes left: no warning
+    assert err == ""  # 20 minutes left, a 10 minute margin: no warning
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     said = f"Slurm ended job {job_id} because it was cancelled (scancel by its owner or an admin)"
     log_line = await wait_for(
@@ -315,8 +315,9 @@ async def test_scancel_from_outside_is_explained_and_follows_on_job_end(
         assert kernel_id not in await kernel_ids(server)
         await asyncio.sleep(5)  # longer than the restarter's interval: it must not come back
         assert job_of(kernel_id, {"PENDING", "RUNNING"}) is None
-        assert log_line.count("stopped") == 1
-        assert server.log.read_text().count(said) == 1
+        # said once (the restarter does not retry a start that cannot help)
+        warnings = [ln for ln in server.log.read_text().splitlines() if "Slurm ended job" in ln]
+        assert [ln for ln in warnings if ln.startswith("[W")] == [log_line]
     else:
         assert log_line.endswith(
             f"{said}. Queueing one new allocation for it (SlurmProvisioner.on_job_end = 'requeue')."
