@@ -20,12 +20,30 @@ from typing import Any
 
 from jupyter_core.utils import ensure_async
 from jupyter_server._tz import utcnow
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from jupyter_server.services.kernels.kernelmanager import (
+    AsyncMappingKernelManager,
+    ServerKernelManager,
+)
+from traitlets import default
 
 from .errors import KernelPending
 from .slurm import SlurmProvisioner
 
-__all__ = ["SlurmAwareKernelManager"]
+__all__ = ["SlurmAwareKernelManager", "SlurmServerKernelManager"]
+
+
+class SlurmServerKernelManager(ServerKernelManager):
+    """jupyter_server's per-kernel manager whose ``ready`` can be held pending by
+    SlurmAwareKernelManager while an automatic restart runs (see its _hold_clients)."""
+
+    restart_hold: asyncio.Future[None] | None = None
+
+    @property
+    def ready(self) -> Any:
+        """The start (or restart) outcome clients wait for before they connect."""
+        if self.restart_hold is not None and not self.restart_hold.done():
+            return self.restart_hold
+        return super().ready
 
 
 class SlurmAwareKernelManager(AsyncMappingKernelManager):
@@ -40,8 +58,13 @@ class SlurmAwareKernelManager(AsyncMappingKernelManager):
     - The kernel model gains "slurm": job id, state, node, reason, end time, seconds left.
     """
 
+    @default("kernel_manager_class")
+    def _default_kernel_manager_class(self) -> str:
+        return "kernelprovider.manager.SlurmServerKernelManager"
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._hold_tasks: set[asyncio.Task[None]] = set()
         # The last resort for queued jobs when the server skips its shutdown (see
         # SlurmProvisioner.cancel_queued_at_exit); a normal stop has cancelled them already.
         atexit.register(_cancel_queued_at_exit, weakref.ref(self))
@@ -154,6 +177,80 @@ class SlurmAwareKernelManager(AsyncMappingKernelManager):
         return await super()._async_restart_kernel(kernel_id, now=now)
 
     restart_kernel = _async_restart_kernel  # type: ignore[assignment]
+
+    # --- automatic restarts: clients wait for the new kernel ---------------------------------
+
+    async def _finish_kernel_start(self, kernel_id: str) -> None:
+        """jupyter_server's bookkeeping once a kernel runs; for Slurm kernels, also hold the
+        clients that reconnect during an automatic restart (see _hold_clients)."""
+        await super()._finish_kernel_start(kernel_id)
+        km = self._kernels.get(kernel_id)
+        if km is not None and isinstance(getattr(km, "provisioner", None), SlurmProvisioner):
+            km.add_restart_callback(lambda: self._hold_clients(kernel_id), "restart")
+
+    def _hold_clients(self, kernel_id: str) -> None:
+        """Called by jupyter_client's restarter just before it restarts a dead Slurm kernel.
+
+        JupyterLab reconnects its websocket as soon as it hears "restarting"; jupyter_server
+        waits for the kernel manager's ``ready`` and then wires the websocket to the ports the
+        manager has at that moment: 0 after "new random ports", or those of a job Slurm has
+        ended. jupyter_client's own ``ready`` resolves at the end of the restart's shutdown,
+        long before a new step (seconds) or a new job (a queue wait) runs the new kernel.
+        So the kernel's ``ready`` (SlurmServerKernelManager) stays pending until the
+        restart's start has ended, and clients connect to the new kernel.
+        """
+        km = self._kernels.get(kernel_id)
+        if not isinstance(km, SlurmServerKernelManager) or km.restart_hold is not None:
+            return
+        held: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        km.restart_hold = held
+        before = km._ready
+
+        async def follow() -> None:
+            # jupyter_client puts a new future in _ready at the restart's shutdown and again
+            # at its start (in_pending_state); follow them until one stays: the outcome.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + km.shutdown_wait_time + 60
+            current = before
+            try:
+                while True:
+                    while km._ready is current and loop.time() < deadline:
+                        await asyncio.sleep(0.05)
+                    if km._ready is current:  # nothing came after: the restart gave up
+                        held.set_result(None)
+                        return
+                    current = km._ready
+                    with contextlib.suppress(Exception):
+                        await current
+                    await asyncio.sleep(0)
+                    if km._ready is current and km._attempted_start and not km.shutting_down:
+                        if current.exception() is not None:
+                            held.set_exception(current.exception())
+                        else:
+                            held.set_result(None)
+                        return
+                    deadline = loop.time() + km.shutdown_wait_time + 60
+            finally:
+                km.restart_hold = None
+                if not held.done():
+                    held.set_result(None)
+
+        task = asyncio.ensure_future(follow())
+        self._hold_tasks.add(task)
+        task.add_done_callback(self._hold_tasks.discard)
+
+    # --- a kernel in a new allocation -----------------------------------------------------
+
+    def kernel_moved(self, kernel_id: str) -> None:
+        """Called by SlurmProvisioner when a restart put the kernel into a new Slurm job (new
+        node, address, ports, key) after Slurm ended the old one.
+
+        jupyter_server gives a reconnecting websocket new ZMQ channels only when the kernel's
+        ports differ from those it noted; the address is not compared. Marking the ports as
+        changed makes the clients held by _hold_clients connect to the new job's kernel.
+        """
+        if kernel_id in self._kernel_ports:
+            self._kernel_ports[kernel_id] = []
 
     # --- model, culling -------------------------------------------------------------------
 

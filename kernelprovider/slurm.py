@@ -733,7 +733,7 @@ class SlurmProvisioner(ContainerProvisioner):
     _leave_reason: str = ""
     _end_note: str = ""
     _requeued = False
-    _end_warned: float | None = None
+    _end_warned: str | None = None
 
     @property
     def files(self) -> dict[str, str]:
@@ -1449,10 +1449,11 @@ class SlurmProvisioner(ContainerProvisioner):
         return [f"--IPKernelApp.code_to_run={KERNEL_HOOK}"]
 
     def _kernel_started(self) -> None:
-        """Called when a kernel step is up: log the job's end, forget a requeue note."""
-        self._requeued = False
+        """Called when a kernel step is up: log the job's end, forget a requeue note, and
+        tell the server's kernel manager when the kernel now lives in a new job (new node,
+        ports and key: see kernelprovider.manager's kernel_moved)."""
+        moved, self._requeued = self._requeued, False
         self._end_note = ""
-        self._end_warned = None
         if self.job_end is not None:
             self.log.info(
                 "Kernel %s: Slurm job %s ends at %s (time limit %s, %s left)",
@@ -1463,6 +1464,9 @@ class SlurmProvisioner(ContainerProvisioner):
                 format_duration(self.job_end - time.time()),
             )
         self._tick_clock()
+        mapping = getattr(self.parent, "parent", None)
+        if moved and callable(getattr(mapping, "kernel_moved", None)):
+            mapping.kernel_moved(self.kernel_id)
 
     def _tick_clock(self) -> None:
         """Refresh the time left in the kernel model and warn once in the log; called from
@@ -1478,8 +1482,8 @@ class SlurmProvisioner(ContainerProvisioner):
             f"Slurm job {self.job_id} RUNNING on {self.node}: {format_duration(left)} left "
             f"(ends {format_end(self.job_end)})"
         )
-        if self.end_warning > 0 and left < self.end_warning and self._end_warned != self.job_end:
-            self._end_warned = self.job_end
+        if self.end_warning > 0 and left < self.end_warning and self._end_warned != self.job_id:
+            self._end_warned = self.job_id
             self.log.warning(
                 "Kernel %s: Slurm job %s ends in %s (at %s); the notebook's next cell run "
                 "warns the user.",
