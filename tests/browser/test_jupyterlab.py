@@ -340,9 +340,10 @@ def test_the_notebook_warns_before_the_end_and_says_why_the_job_ended(
         dialog.get_by_role("button").last.click()
         jobs.append(_notebook_job(lab, {"RUNNING"}))
         assert jobs[1]["id"] != jobs[0]["id"]
-        page.get_by_text(f"{SLURM_TF} | Idle").wait_for()
-        page.locator(".jp-NotebookPanel:visible .jp-Cell").last.click()
-        _run_cell(page, "print('again')")
+        # the next cell run (the new, empty cell below the first)
+        page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").last.click()
+        page.keyboard.type("print('again')")
+        page.keyboard.press("Shift+Enter")
         note = page.locator(
             STDERR,
             has_text="because it was cancelled",
