@@ -123,6 +123,13 @@ def _get(server: Server, path: str) -> Any:
         return json.load(resp)
 
 
+def _open_notebook(page: Any, lab: Server, display_name: str, state: str) -> None:
+    """Open JupyterLab, click the kernel's launcher card, wait for '<name> | <state>'."""
+    page.goto(f"{lab.url}/lab?token={TOKEN}")
+    page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{display_name}"]').click()
+    page.get_by_text(f"{display_name} | {state}").wait_for()
+
+
 def _run_cell(page: Any, code: str) -> None:
     page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").first.click()
     page.keyboard.type(code)
@@ -169,19 +176,30 @@ c.SlurmProvisioner.pending_log_interval = 2.0
 """
 
 
-@pytest.mark.slurm
-def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
-    images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
-) -> None:
+def _slurm_notebook(install_kernel, images, tmp_path: Path, **config: Any) -> None:
+    """Install the Slurm kernelspec the notebooks here open (display name SLURM_TF)."""
+    config.setdefault("gpus", "0")
     install_kernel(
         "tf18-cuda92-gpu-slurm",
         images.test,
         display_name=SLURM_TF,
         provisioner="slurm-apptainer-provisioner",
         interrupt_mode="message",
+        state_dir=str(tmp_path / "state"),
+        **config,
+    )
+
+
+@pytest.mark.slurm
+def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
+    images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
+) -> None:
+    _slurm_notebook(
+        install_kernel,
+        images,
+        tmp_path,
         partition=slurm_cluster.default_partition,
         gpus="1",
-        state_dir=str(tmp_path / "state"),
         # Held until the test releases it: a queue wait that ends when the test says so.
         sbatch_args=["--hold"],
     )
@@ -190,9 +208,7 @@ def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     job = None
     try:
-        page.goto(f"{lab.url}/lab?token={TOKEN}")
-        page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{SLURM_TF}"]').click()
-        page.get_by_text(f"{SLURM_TF} | Connecting").wait_for()
+        _open_notebook(page, lab, SLURM_TF, "Connecting")
         _run_cell(page, WHERE)
         deadline = time.monotonic() + 60
         while job is None and time.monotonic() < deadline:
@@ -259,33 +275,19 @@ def _notebook_job(lab: Server, states: set[str], timeout: float = 60) -> dict[st
     raise AssertionError(f"no Slurm job in {states} for the notebook's kernel")
 
 
-def _slurm_notebook(install_kernel, images, slurm_cluster, tmp_path: Path, **config: Any) -> None:
-    install_kernel(
-        "tf18-cuda92-gpu-slurm",
-        images.test,
-        display_name=SLURM_TF,
-        provisioner="slurm-apptainer-provisioner",
-        interrupt_mode="message",
-        gpus="0",
-        state_dir=str(tmp_path / "state"),
-        **config,
-    )
-
-
 @pytest.mark.slurm
 def test_shut_down_kernel_in_the_running_panel_leaves_the_queue(
     images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
 ) -> None:
-    _slurm_notebook(install_kernel, images, slurm_cluster, tmp_path,
-                    partition=slurm_cluster.held_partition, queue_timeout=0.0)  # fmt: skip
+    _slurm_notebook(
+        install_kernel, images, tmp_path, partition=slurm_cluster.held_partition, queue_timeout=0.0
+    )
     lab = start_lab(["tf18-cuda92-gpu-slurm"], MANAGER_SITE)
     page = browser_page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     job = None
     try:
-        page.goto(f"{lab.url}/lab?token={TOKEN}")
-        page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{SLURM_TF}"]').click()
-        page.get_by_text(f"{SLURM_TF} | Connecting").wait_for()
+        _open_notebook(page, lab, SLURM_TF, "Connecting")
         job = _notebook_job(lab, {"PENDING"})
         assert job["reason"] == "PartitionDown"
         # The Running panel lists the waiting kernel; its "Shut Down Kernel" button cancels it.
@@ -314,16 +316,14 @@ def test_the_notebook_warns_before_the_end_and_says_why_the_job_ended(
     images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
 ) -> None:
     # 5 minutes of time limit, a 10 minute margin: the first cell run already warns
-    _slurm_notebook(install_kernel, images, slurm_cluster, tmp_path,
-                    partition=slurm_cluster.default_partition, time_limit="5:00")  # fmt: skip
+    partition = slurm_cluster.default_partition
+    _slurm_notebook(install_kernel, images, tmp_path, partition=partition, time_limit="5:00")
     lab = start_lab(["tf18-cuda92-gpu-slurm"], MANAGER_SITE)
     page = browser_page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     jobs: list[dict[str, str]] = []
     try:
-        page.goto(f"{lab.url}/lab?token={TOKEN}")
-        page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{SLURM_TF}"]').click()
-        page.get_by_text(f"{SLURM_TF} | Idle").wait_for()
+        _open_notebook(page, lab, SLURM_TF, "Idle")
         jobs.append(_notebook_job(lab, {"RUNNING"}))
         _run_cell(page, "print('hello')")
         stderr = page.locator(STDERR).first
