@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.test_server import TOKEN, Server, execute_request
+from integration.test_server import TOKEN, Server, ws_run_at
 from slurm_cluster import cancel_jobs, squeue_jobs, wait_job_state
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import websocket_connect
+from tornado.httpclient import HTTPClientError
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -86,27 +85,7 @@ def slurm_kernelspec(images, install_kernel, slurm_cluster, tmp_path: Path) -> C
 async def ws_run(server: Server, kernel_id: str, code: str) -> tuple[str, str, str]:
     """Run ``code`` over the kernel's websocket; (reply status, stdout, stderr)."""
     url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels"
-    conn = await websocket_connect(
-        HTTPRequest(url, headers={"Authorization": f"token {TOKEN}"}, connect_timeout=120)
-    )
-    msg = execute_request(code)
-    await conn.write_message(json.dumps(msg))
-    streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
-    status, idle = None, False
-    while status is None or not idle:
-        raw = await asyncio.wait_for(conn.read_message(), 120)
-        assert raw is not None, "websocket closed"
-        reply = json.loads(raw)
-        if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
-            continue
-        if reply["msg_type"] == "stream":
-            streams[reply["content"]["name"]].append(reply["content"]["text"])
-        elif reply["msg_type"] == "execute_reply":
-            status = reply["content"]["status"]
-        elif reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle":
-            idle = True
-    conn.close()
-    return status, "".join(streams["stdout"]), "".join(streams["stderr"])
+    return await ws_run_at(url, {"Authorization": f"token {TOKEN}"}, code, timeout=120)
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
