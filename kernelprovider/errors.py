@@ -26,6 +26,9 @@ __all__ = [
     "SlurmSubmitError",
     "SlurmJobFailed",
     "SlurmQueueTimeout",
+    "SlurmStartCancelled",
+    "SlurmJobEnded",
+    "KernelPending",
     "StateDirError",
 ]
 
@@ -38,8 +41,10 @@ class KernelProviderError(HTTPError):
     this message (the next step included) instead.
     """
 
-    def __init__(self, message: str, status_code: int = 500) -> None:
-        super().__init__(status_code, message, reason="Kernel start failed")
+    def __init__(
+        self, message: str, status_code: int = 500, reason: str = "Kernel start failed"
+    ) -> None:
+        super().__init__(status_code, message, reason=reason)
         self.message = message
         self.args = (message,)
 
@@ -101,6 +106,21 @@ class SlurmJobFailed(SlurmError):
 
 class SlurmQueueTimeout(SlurmError, TimeoutError):
     """The job stayed pending longer than the queue timeout and was cancelled."""
+
+
+class SlurmStartCancelled(SlurmError):
+    """The kernel was shut down while its job waited in the queue; the job was cancelled."""
+
+
+class SlurmJobEnded(SlurmJobFailed):
+    """Slurm ended the job under a running kernel and no new job is queued for it."""
+
+
+class KernelPending(KernelProviderError, RuntimeError):
+    """Interrupt or restart of a kernel whose job still waits in the Slurm queue (HTTP 409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409, reason="Kernel still waiting in the Slurm queue")
 
 
 class StateDirError(KernelProviderError, PermissionError):
