@@ -30,6 +30,7 @@ __all__ = [
     "SlurmJobEnded",
     "KernelPending",
     "StateDirError",
+    "KernelUnreachable",
 ]
 
 
@@ -125,3 +126,7 @@ class KernelPending(KernelProviderError, RuntimeError):
 
 class StateDirError(KernelProviderError, PermissionError):
     """The per-user state directory cannot be created, is unsafe, or cannot be written."""
+
+
+class KernelUnreachable(KernelProviderError, ConnectionError):
+    """The kernel listens on its node, but the server cannot connect to its ports (a firewall)."""

@@ -40,6 +40,7 @@ from .compat import HostFacts
 from .errors import (
     KernelStartError,
     KernelStartTimeout,
+    KernelUnreachable,
     SlurmError,
     SlurmJobEnded,
     SlurmJobFailed,
@@ -49,7 +50,7 @@ from .errors import (
     StateDirError,
 )
 from .gpu import PROBE_SCRIPT, parse_probe_output
-from .provisioner import ContainerProvisioner, explain_exit, listening
+from .provisioner import ContainerProvisioner, explain_exit, probe_port
 from .walltime import (
     END_ENV,
     KERNEL_HOOK,
@@ -110,6 +111,9 @@ HOPELESS_REASONS = frozenset(
     }
 )
 _SQUEUE_FORMAT = "%i|%T|%r|%N|%S|%l|%L|%j|%u"
+# Seconds a new kernel's port may refuse connections after its connection file appeared
+# (ipykernel writes that file after binding) before the start fails as unreachable.
+_REFUSED_GRACE = 3.0
 # Environment handed to srun: only what a kernel needs; tokens of the server (for example
 # JUPYTERHUB_API_TOKEN) stay behind.
 _ENV_KEEP = re.compile(
@@ -958,13 +962,33 @@ class SlurmProvisioner(ContainerProvisioner):
         return self.connection_info
 
     async def _wait_for_kernel(self) -> dict[str, Any]:
+        """Wait until the server can connect to the kernel's shell port on the node.
+
+        ipykernel writes F only after it has bound its ports, so once a new kernel's F is
+        there, a port that gives no answer at all (twice) or keeps refusing (for
+        ``_REFUSED_GRACE`` s) is a firewall between this host and the node: that fails at once
+        with :class:`KernelUnreachable` instead of waiting out boot_timeout. On a restart F is
+        the old kernel's (rewritten before the step starts), so only silence counts there.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.boot_timeout
         conn_file = self.files["connection"]
+        new_file = self._connection is None
+        silent = 0
+        refused_since: float | None = None
         while True:
             info = _read_connection_file(conn_file)
-            if info and await listening("tcp", info["ip"], info["shell_port"]):
-                return info
+            if info:
+                answer = await probe_port(info["ip"], info["shell_port"], timeout=1.5)
+                if answer == "open":
+                    return info
+                silent = silent + 1 if answer == "silent" else 0
+                if answer == "refused" and new_file and refused_since is None:
+                    refused_since = loop.time()
+                if silent >= 2 or (
+                    refused_since is not None and loop.time() - refused_since > _REFUSED_GRACE
+                ):
+                    raise KernelUnreachable(self._unreachable_message(info, answer))
             code = self.process.poll() if self.process else 0
             if code is not None:
                 await asyncio.sleep(0.2)  # let srun flush its last lines into the log
@@ -980,6 +1004,21 @@ class SlurmProvisioner(ContainerProvisioner):
                     f"is slow to load.{self._log_note()}"
                 )
             await asyncio.sleep(0.05)
+
+    def _unreachable_message(self, info: Mapping[str, Any], answer: str) -> str:
+        why = (
+            "no answer within 3 s: a firewall drops the connection"
+            if answer == "silent"
+            else "connection refused although the kernel listens: a firewall rejects it"
+        )
+        then = f", then start the kernel again (job {self.job_id} was cancelled)."
+        return (
+            f"The kernel in Slurm job {self.job_id} runs on node {self.node}, but this server "
+            f"cannot connect to it at {info['ip']}:{info['shell_port']} ({why}); ask your "
+            f"admins to allow TCP connections from this host to ports 1024-65535 of {self.node} "
+            "(the kernel picks random ones), or set SlurmProvisioner.kernel_ip to an address "
+            "of the node that this host can reach" + (then if self._new_job else ".")
+        )
 
     def _log_note(self) -> str:
         """' Last lines of its log (path): ...' when the kernel's log has any, else ''."""
