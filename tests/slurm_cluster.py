@@ -29,6 +29,7 @@ __all__ = [
     "SlurmCluster",
     "cancel_jobs",
     "cluster_facts",
+    "dead_controller_conf",
     "require_multi_node",
     "slurm_cluster",
     "squeue_jobs",
@@ -242,3 +243,13 @@ def cancel_jobs(name_prefix: str, timeout: float = 15.0) -> list[str]:
     while time.monotonic() < deadline and any(j["id"] in ids for j in squeue_jobs(name_prefix)):
         time.sleep(0.1)
     return ids
+
+
+def dead_controller_conf(directory: Path) -> str:
+    """A copy of the cluster's slurm.conf that points clients at a port no controller
+    listens on; hand it to one process through SLURM_CONF (the cluster stays untouched)."""
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    lines = [ln for ln in conf.read_text().splitlines() if not ln.startswith("SlurmctldPort")]
+    dead = directory / "dead-controller-slurm.conf"
+    dead.write_text("\n".join([*lines, "SlurmctldPort=6999", ""]))
+    return str(dead)

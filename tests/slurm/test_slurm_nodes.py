@@ -76,7 +76,7 @@ async def test_node_behind_a_firewall_fails_fast_naming_node_address_and_port(
     with pytest.raises(KernelUnreachable) as e:
         await km.start_kernel(kernel_id=new_kernel_id(), cwd=str(jupyter_dirs["work"]))
     # for the issue note, not asserted: seconds from start to the error (boot_timeout is 180)
-    print(f"unreachable node reported after {time.monotonic() - started:.1f} s")
+    print(f"unreachable node reported after {time.monotonic() - started:.1f} s: {e.value}")
     msg = str(e.value)
     # one sentence: the node, the address and port it could not reach, what to do
     addr = slurm_cluster.node_addrs[node]

@@ -24,7 +24,7 @@ from kp_slurm import (
     run_cell,
     wait_until,
 )
-from slurm_cluster import ROOT, squeue_jobs, wait_job_state
+from slurm_cluster import ROOT, dead_controller_conf, squeue_jobs, wait_job_state
 
 from kernelprovider.slurm import SlurmQueue
 
@@ -53,14 +53,7 @@ def unreachable_controller(tmp_path: Path) -> str:
     Only this process's Slurm commands see it (through SLURM_CONF); the cluster itself, and
     everyone else using it, is untouched.
     """
-    lines = [
-        line
-        for line in Path("/etc/slurm/slurm.conf").read_text().splitlines()
-        if not line.startswith("SlurmctldPort")
-    ]
-    conf = tmp_path / "unreachable-slurm.conf"
-    conf.write_text("\n".join([*lines, "SlurmctldPort=6999", ""]))
-    return str(conf)
+    return dead_controller_conf(tmp_path)
 
 
 @pytest.mark.timeout(150)
