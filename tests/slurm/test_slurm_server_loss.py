@@ -169,7 +169,7 @@ async def test_stale_record_never_touches_another_job(
     monkeypatch.setenv("SLURM_CONF", unreachable_controller)
     km4 = await reattach(km.kernel_name, stale)
     assert km4.provisioner.has_process and km4.provisioner.job_id == foreign
-    monkeypatch.delenv("SLURM_CONF")
+    monkeypatch.undo()  # back to the cluster's SLURM_CONF, set or not
     await km4.provisioner.kill()
     await km4.provisioner.cleanup()
     assert job_row(foreign)["state"] == "RUNNING"
@@ -213,7 +213,7 @@ async def test_polling_is_one_batched_squeue_per_interval(
     calls = queue.calls
     assert all(await asyncio.gather(*(km.is_alive() for km in attached)))
     assert queue.calls == calls + 1
-    monkeypatch.delenv("SLURM_CONF")
+    monkeypatch.undo()  # back to the cluster's SLURM_CONF, set or not
 
     # the controller restarts under running kernels: still alive, still working
     proc = await asyncio.create_subprocess_exec(
