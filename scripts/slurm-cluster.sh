@@ -413,20 +413,31 @@ table inet kpwall {
 EOF
 }
 
-net_down() { # remove what net_up made (the namespaces' processes must be gone)
-    local ns
+our_namespaces() { # namespaces this script made, except those of the nodes given
+    local ns keep
     for ns in /run/netns/"$TAG"-kpnode* /run/netns/"$TAG"-kpwall*; do
         [ -e "$ns" ] || continue
+        for keep in "$@"; do [ "${ns##*/}" = "$(netns_of "$keep")" ] && continue 2; done
+        echo "$ns"
+    done
+}
+
+net_down() { # remove the namespaces (all, or all but those of the nodes given), their veths
+    local ns node
+    for ns in $(our_namespaces "$@"); do
+        node=${ns##*/"$TAG"-}
+        # Deleting a veth removes both ends at once; a namespace's own devices only go when
+        # the kernel gets round to destroying it.
+        ip link del "$(veth_of "$node")" 2>/dev/null || true
         ip netns del "${ns##*/}" 2>/dev/null || true
     done
-    ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+    if [ $# -eq 0 ] && ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
     return 0
 }
 
-kill_netns_leftovers() { # processes left in our namespaces (steps slurmd did not end)
+kill_netns_leftovers() { # processes left in our namespaces (all, or all but those of the nodes given)
     local ns pids i
-    for ns in /run/netns/"$TAG"-kpnode* /run/netns/"$TAG"-kpwall*; do
-        [ -e "$ns" ] || continue
+    for ns in $(our_namespaces "$@"); do
         pids=$(ip netns pids "${ns##*/}" 2>/dev/null || true)
         [ -n "$pids" ] || continue
         say "ending processes left in ${ns##*/}: $(echo $pids)"
@@ -471,10 +482,12 @@ stop_daemon() { # name pidfile
 
 stop_slurmds() { # every slurmd this script started, in any mode (slurmd.pid: older versions)
     local pidf
+    # In parallel: each slurmd takes ~2 s to shut down.
     for pidf in "$STATE"/run/slurmd-*.pid "$STATE/run/slurmd.pid"; do
         [ -e "$pidf" ] || continue
-        stop_daemon "slurmd $(basename "$pidf" .pid)" "$pidf"
+        stop_daemon "$(basename "$pidf" .pid)" "$pidf" &
     done
+    wait
 }
 
 start_ctld() {
@@ -562,6 +575,9 @@ cmd_start() {
         stop_daemon slurmctld "$CTLD_PID"
     fi
     if multi; then
+        # Nodes of an earlier start with a larger KP_SLURM_NODES go.
+        kill_netns_leftovers "${NS_NODES[@]}"
+        net_down "${NS_NODES[@]}"
         net_up
     else
         # Namespaces of an earlier multi-node start go; their slurmds were stopped above.
