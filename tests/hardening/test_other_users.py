@@ -55,6 +55,8 @@ class Driver:
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
             "JUPYTER_PLATFORM_DIRS": "0",
         }
+        if "SLURM_CONF" in os.environ:  # the same Slurm cluster as the tests' own commands
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
                 [users.python, str(DRIVER), mode, json.dumps(args)],
