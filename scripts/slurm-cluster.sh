@@ -375,7 +375,9 @@ NodeName=$all Name=gpu File=$STATE/fake-gpu/gpu[0-$((GPUS - 1))]"
 # --- node namespaces -------------------------------------------------------------------------
 
 net_up() { # bridge on the host, one namespace + veth per node, the firewall of kpwall1
-    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1 && ! ip link add "$BRIDGE" type bridge; then
+        die "cannot create the bridge $BRIDGE for the node namespaces (no CAP_NET_ADMIN here?); KP_SLURM_NODES=1 starts the single-node cluster instead"
+    fi
     # IPv4 only: no IPv6 link-local chatter from the interfaces made here.
     sysctl -qw "net.ipv6.conf.$BRIDGE.disable_ipv6=1" 2>/dev/null || true
     ip addr replace "$NET.1/24" dev "$BRIDGE"
@@ -384,7 +386,8 @@ net_up() { # bridge on the host, one namespace + veth per node, the firewall of 
     for node in "${NS_NODES[@]}"; do
         ns=$(netns_of "$node")
         veth=$(veth_of "$node")
-        [ -e "/run/netns/$ns" ] || ip netns add "$ns"
+        [ -e "/run/netns/$ns" ] || ip netns add "$ns" \
+            || die "cannot create the network namespace $ns for node $node; KP_SLURM_NODES=1 starts the single-node cluster instead"
         if ! ip -n "$ns" link show eth0 >/dev/null 2>&1; then
             ip link del "$veth" 2>/dev/null || true
             ip link add "$veth" type veth peer name eth0 netns "$ns"
