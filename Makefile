@@ -50,4 +50,4 @@ docs: venv
 	$(PY) scripts/config-reference.py
 
 soak: venv testenv slurm
-	$(PY) bench/soak.py --local 100 --slurm 50
+	$(PY) bench/soak.py --local 100 --slurm 48 --slurm-parallel 16

@@ -1,6 +1,7 @@
 """Soak: many start / execute / shutdown cycles, then count what was left behind.
 
-`make soak` runs 100 local and 50 Slurm cycles (``--local N --slurm N`` to change). After the
+`make soak` runs 100 local and 48 Slurm cycles, the Slurm ones 16 at a time so that they spread
+over the test cluster's nodes (``--local N --slurm N --slurm-parallel N`` to change). After the
 cycles it counts leftover processes (children of this process, and any process whose command
 line names a connection file), leftover Slurm jobs (named kp-<kernel id> of this run), files
 left in the runtime and state directories, and the server-host memory (RSS of this process)
@@ -63,7 +64,8 @@ def install(tmp: Path) -> None:
     install_kernelspec(slurm, "soak-slurm", prefix=str(tmp / "prefix"))
 
 
-async def cycle(name: str, cwd: Path) -> str:
+async def cycle(name: str, cwd: Path, nodes: dict[str, int]) -> str:
+    """One start / execute / shutdown; counts the Slurm node it ran on in ``nodes``."""
     from jupyter_client import AsyncKernelManager
 
     km = AsyncKernelManager(kernel_name=name)
@@ -74,6 +76,9 @@ async def cycle(name: str, cwd: Path) -> str:
         await kc.wait_for_ready(timeout=120)
         reply = await kc.execute_interactive("x = sum(range(1000))", timeout=60)
         assert reply["content"]["status"] == "ok", reply["content"]
+        node = getattr(km.provisioner, "node", None)
+        if node:
+            nodes[node] = nodes.get(node, 0) + 1
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
@@ -102,19 +107,24 @@ def leftover_jobs(kernel_ids: set[str]) -> list[str]:
     return [line for line in out.splitlines() if line.split()[1][3:] in kernel_ids]
 
 
-async def soak(mode: str, n: int, tmp: Path) -> dict[str, object]:
+async def soak(mode: str, n: int, tmp: Path, parallel: int = 1) -> dict[str, object]:
+    """``n`` cycles, ``parallel`` of them at a time (a wave: all start, run, shut down)."""
     name = f"soak-{mode}"
     cwd = tmp / "work"
     cwd.mkdir(exist_ok=True)
     ids: set[str] = set()
+    nodes: dict[str, int] = {}
     mem = [rss_mb()]
     t0 = time.monotonic()
-    for i in range(n):
-        ids.add(await cycle(name, cwd))
-        if i + 1 == max(1, n // 10):
+    done = 0
+    while done < n:
+        wave = min(parallel, n - done)
+        ids.update(await asyncio.gather(*(cycle(name, cwd, nodes) for _ in range(wave))))
+        before, done = done, done + wave
+        if before < max(1, n // 10) <= done:
             mem.append(rss_mb())
-        if (i + 1) % 10 == 0:
-            print(f"  {mode}: {i + 1}/{n} cycles, RSS {rss_mb():.1f} MB", flush=True)
+        if done // 10 > before // 10 or done == n:
+            print(f"  {mode}: {done}/{n} cycles, RSS {rss_mb():.1f} MB", flush=True)
     mem.append(rss_mb())
     await asyncio.sleep(1)
     dirs = [tmp / "runtime", tmp / "state"]
@@ -132,6 +142,7 @@ async def soak(mode: str, n: int, tmp: Path) -> dict[str, object]:
             if p.name.startswith("kernel-")
         ),
         "rss": mem,
+        "nodes": nodes,
     }
 
 
@@ -139,6 +150,9 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--local", type=int, default=100)
     parser.add_argument("--slurm", type=int, default=50)
+    parser.add_argument(
+        "--slurm-parallel", type=int, default=1, help="Slurm kernels started at once (a wave)"
+    )
     args = parser.parse_args()
     bad = False
     with tempfile.TemporaryDirectory(prefix="kp-soak-") as t:
@@ -148,7 +162,7 @@ async def main() -> int:
         for mode, n in (("local", args.local), ("slurm", args.slurm)):
             if not n:
                 continue
-            r = await soak(mode, n, tmp)
+            r = await soak(mode, n, tmp, args.slurm_parallel if mode == "slurm" else 1)
             rss = r["rss"]
             print(
                 f"[soak {mode}] {r['cycles']} cycles in {r['seconds']:.0f} s: "
@@ -156,6 +170,7 @@ async def main() -> int:
                 f"files {len(r['files'])}; server RSS {rss[0]:.1f} MB at start, "
                 f"{rss[1]:.1f} MB after 10%, {rss[-1]:.1f} MB at the end "
                 f"(end/10% = {rss[-1] / rss[1]:.2f})"
+                + (f"; kernels per node {r['nodes']}" if r["nodes"] else "")
             )
             for what in ("processes", "jobs", "files"):
                 for item in r[what]:

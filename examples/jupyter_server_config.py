@@ -19,6 +19,15 @@
 
 c = get_config()  # noqa: F821 - provided by Jupyter when it loads this file
 
+# --- The server's kernel manager --------------------------------------------------------------
+
+# kernelprovider's kernel manager (jupyter_server's AsyncMappingKernelManager plus what Slurm
+# kernels need): shutting down a kernel whose job is still queued cancels the job at once
+# instead of waiting for it to start; interrupt and restart of such a kernel answer at once;
+# stopping the server cancels the queued jobs of its kernels; browser tabs follow a kernel
+# that Slurm moved to a new job. Kernels of other provisioners behave as before.
+c.ServerApp.kernel_manager_class = "kernelprovider.manager.SlurmAwareKernelManager"
+
 # --- Every container kernel -------------------------------------------------------------------
 
 # Directories users expect inside every image (each SRC[:DST[:ro|rw]], absolute paths).
@@ -65,12 +74,15 @@ c.SlurmProvisioner.time_limit = "8:00:00"
 # * Default (use_pending_kernels = False): opening the notebook sends POST /api/sessions, which
 #   stays open until the job runs and the kernel answers. The status bar says
 #   "<display name> | Initializing". A cell run meanwhile is NOT queued: it stays "[ ]" and does
-#   not run later.
+#   not run later. With the kernel manager above the waiting kernel is listed in the Running
+#   panel and GET /api/kernels, and shutting it down there cancels its job.
 # * With use_pending_kernels = True: the server answers at once with a kernel whose
 #   execution_state is "starting" (it shows in the Running panel and in GET /api/kernels), the
 #   websocket waits for the kernel, the status bar says "<display name> | Connecting", and a cell
-#   run meanwhile shows "[*]" and runs as soon as the job starts. Interrupt and restart are
-#   refused until then ("Kernel is in a pending state"), and a shutdown request waits for the
+#   run meanwhile shows "[*]" and runs as soon as the job starts. With the kernel manager above,
+#   a shutdown cancels the queued job at once, an interrupt is refused at once (HTTP 409, with
+#   the job and its reason), a restart is answered at once and changes nothing; without it
+#   interrupt and restart fail with "Kernel is in a pending state" and a shutdown waits for the
 #   start to end.
 # * Either way, a start that fails (queue_timeout reached, Slurm rejected the job, the image
 #   cannot run on the node) ends in JupyterLab's "Error Starting Kernel" dialog with the
@@ -94,6 +106,18 @@ c.SlurmProvisioner.queue_timeout = 900.0
 
 # One INFO line per 30 s while pending (the default is 10 s).
 c.SlurmProvisioner.pending_log_interval = 30.0
+
+# --- The end of the allocation ----------------------------------------------------------------
+
+# The next cell run prints one warning line when less than this many seconds are left before
+# the job's time limit (0: never). The end is also in the kernel's environment as
+# KP_SLURM_JOB_END (Unix seconds).
+c.SlurmProvisioner.end_warning = 600.0
+
+# When Slurm ends the job under a running kernel (time limit, preemption, node failure,
+# scancel): "requeue" queues one new job for it (the next cell run says why the kernel is new),
+# "stop" lets it die. The log says why in words either way.
+c.SlurmProvisioner.on_job_end = "requeue"
 
 # GPUs held by forgotten notebooks: shut down kernels idle for 2 hours (their Slurm job ends
 # with them). Busy kernels are never culled unless cull_busy is set.

@@ -33,6 +33,9 @@ __all__ = [
     "SlurmSubmitError",
     "SlurmJobFailed",
     "SlurmQueueTimeout",
+    "SlurmStartCancelled",
+    "SlurmJobEnded",
+    "KernelPending",
     "StateDirError",
     "KernelConfigError",
     "FilesystemTimeout",
@@ -41,6 +44,7 @@ __all__ = [
     "named_error",
     "named_errors",
     "named_hook",
+    "KernelUnreachable",
 ]
 
 
@@ -52,8 +56,10 @@ class KernelProviderError(HTTPError):
     this message (the next step included) instead.
     """
 
-    def __init__(self, message: str, status_code: int = 500) -> None:
-        super().__init__(status_code, message, reason="Kernel start failed")
+    def __init__(
+        self, message: str, status_code: int = 500, reason: str = "Kernel start failed"
+    ) -> None:
+        super().__init__(status_code, message, reason=reason)
         self.message = message
         self.args = (message,)
 
@@ -115,6 +121,21 @@ class SlurmJobFailed(SlurmError):
 
 class SlurmQueueTimeout(SlurmError, TimeoutError):
     """The job stayed pending longer than the queue timeout and was cancelled."""
+
+
+class SlurmStartCancelled(SlurmError):
+    """The kernel was shut down while its job waited in the queue; the job was cancelled."""
+
+
+class SlurmJobEnded(SlurmJobFailed):
+    """Slurm ended the job under a running kernel and no new job is queued for it."""
+
+
+class KernelPending(KernelProviderError, RuntimeError):
+    """Interrupt or restart of a kernel whose job still waits in the Slurm queue (HTTP 409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409, reason="Kernel still waiting in the Slurm queue")
 
 
 class StateDirError(KernelProviderError, PermissionError):
@@ -207,3 +228,5 @@ def named_hook(hook: _Hook) -> _Hook:
             return await hook(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+class KernelUnreachable(KernelProviderError, ConnectionError):
+    """The kernel listens on its node, but the server cannot connect to its ports (a firewall)."""

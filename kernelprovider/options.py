@@ -458,6 +458,23 @@ SLURM_OPTIONS: tuple[Option, ...] = (
         False,
         "Keep the kernel's log file in the state directory after a clean shutdown.",
     ),
+    Option(
+        "end_warning",
+        "float",
+        600.0,
+        "Seconds before the job's end from which the notebook's next cell run prints a "
+        "one-line warning (save, checkpoint); 0 = never. The end is also in the kernel's "
+        "environment as KP_SLURM_JOB_END (Unix seconds).",
+    ),
+    Option(
+        "on_job_end",
+        "enum",
+        "requeue",
+        "When Slurm ends the job under a running kernel (time limit, preemption, node "
+        "failure, scancel): 'requeue' queues one new allocation for the kernel's automatic "
+        "restart, 'stop' lets the kernel die.",
+        values=("requeue", "stop"),
+    ),
 )
 
 

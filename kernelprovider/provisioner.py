@@ -31,6 +31,7 @@ __all__ = [
     "drop_host_python",
     "HOST_PYTHON_VARS",
     "listening",
+    "probe_port",
 ]
 
 #: The server's own Python settings; inside the image they point the image's Python at the
@@ -202,17 +203,25 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
         self.ports_cached = False
 
 
-async def listening(transport: str, ip: str, port: Any) -> bool:
-    """True when something accepts connections at the kernel's shell endpoint."""
-    if transport == "ipc":
-        return os.path.exists(f"{ip}-{port}")
+async def probe_port(ip: str, port: Any, timeout: float = 0.5) -> str:
+    """How a TCP port answers: 'open', 'refused' (a reset: nothing listens yet, or a firewall
+    rejects) or 'silent' (no answer within ``timeout``: a firewall drops the packets)."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, int(port)), timeout=0.5)
-    except (OSError, asyncio.TimeoutError):
-        return False
+        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, int(port)), timeout=timeout)
+    except asyncio.TimeoutError:
+        return "silent"
+    except OSError:
+        return "refused"
     writer.close()
     try:
         await writer.wait_closed()
     except OSError:
         pass
-    return True
+    return "open"
+
+
+async def listening(transport: str, ip: str, port: Any) -> bool:
+    """True when something accepts connections at the kernel's shell endpoint."""
+    if transport == "ipc":
+        return os.path.exists(f"{ip}-{port}")
+    return await probe_port(ip, port) == "open"

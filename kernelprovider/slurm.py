@@ -38,9 +38,12 @@ from .errors import (
     FilesystemTimeout,
     KernelStartError,
     KernelStartTimeout,
+    KernelUnreachable,
     SlurmError,
+    SlurmJobEnded,
     SlurmJobFailed,
     SlurmQueueTimeout,
+    SlurmStartCancelled,
     SlurmSubmitError,
     StateDirError,
     named_hook,
@@ -55,7 +58,17 @@ from .options import (
     sbatch_option_argv,
     sbatch_settings,
 )
-from .provisioner import explain_exit, listening
+from .provisioner import explain_exit, probe_port
+from .walltime import (
+    END_ENV,
+    KERNEL_HOOK,
+    NOTE_ENV,
+    WARNING_ENV,
+    ended_message,
+    format_duration,
+    format_end,
+    parse_duration,
+)
 
 __all__ = [
     "SlurmProvisioner",
@@ -105,7 +118,10 @@ HOPELESS_REASONS = frozenset(
         "DependencyNeverSatisfied",
     }
 )
-_SQUEUE_FORMAT = "%i|%T|%r|%N|%S|%j|%u"
+_SQUEUE_FORMAT = "%i|%T|%r|%N|%S|%l|%L|%j|%u"
+# Seconds a new kernel's port may refuse connections after its connection file appeared
+# (ipykernel writes that file after binding) before the start fails as unreachable.
+_REFUSED_GRACE = 3.0
 # Environment handed to srun: only what a kernel needs; tokens of the server (for example
 # JUPYTERHUB_API_TOKEN) stay behind.
 _ENV_KEEP = re.compile(
@@ -117,7 +133,8 @@ _ENV_SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|_KEY$|^KEY", re.IGNOREC
 
 @dataclass(frozen=True)
 class JobInfo:
-    """One row of squeue: job id, state, reason, node list, expected start, name, user."""
+    """One row of squeue: job id, state, reason, node list, expected start, name, user, time
+    limit and time left (Slurm durations such as '8:00:00')."""
 
     job_id: str
     state: str
@@ -126,6 +143,8 @@ class JobInfo:
     start: str
     name: str
     user: str
+    time_limit: str = ""
+    time_left: str = ""
 
     @property
     def finished(self) -> bool:
@@ -133,16 +152,16 @@ class JobInfo:
 
 
 def parse_squeue(text: str) -> dict[str, JobInfo]:
-    """Parse ``squeue -h -o '%i|%T|%r|%N|%S|%j|%u'`` output; job names may contain '|'."""
+    """Parse ``squeue -h -o '%i|%T|%r|%N|%S|%l|%L|%j|%u'`` output; job names may contain '|'."""
     jobs = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) < 7:
+        if len(parts) < 9:
             continue
-        job_id, state, reason, nodes, start = parts[:5]
+        job_id, state, reason, nodes, start, limit, left = parts[:7]
         user = parts[-1]
-        name = "|".join(parts[5:-1])
-        jobs[job_id] = JobInfo(job_id, state, reason, nodes, start, name, user)
+        name = "|".join(parts[7:-1])
+        jobs[job_id] = JobInfo(job_id, state, reason, nodes, start, name, user, limit, left)
     return jobs
 
 
@@ -651,6 +670,16 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
     _connection: dict[str, Any] | None = None
     _facts: tuple[str | None, HostFacts] | None = None
     _usable_check: asyncio.Future[bool] | None = None
+    # the queue and the clock (see "Leaving the queue, the clock, the end of an allocation")
+    job_end: float | None = None
+    job_time_limit: str = ""
+    _waiting = False
+    _queued_reason: str = ""
+    _leave: asyncio.Event | None = None
+    _leave_reason: str = ""
+    _end_note: str = ""
+    _requeued = False
+    _end_warned: str | None = None
 
     @property
     def files(self) -> dict[str, str]:
@@ -703,9 +732,11 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
 
         self._new_job = False
         self._stopping = False
+        self._enter_queue()
         try:
             check, self._usable_check = self._usable_check, None
             if not await (check if check is not None else self._job_usable()):
+                await self._requeue_or_stop()
                 await self._submit()
                 self._new_job = True
             await self._wait_running()
@@ -717,6 +748,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
             raise
         finally:
             self._set_reason("")
+            self._waiting = False
 
         # The kernel on the node writes F itself (its own ports and key); the manager reads
         # it from there, so the key never travels through argv, Slurm or the environment.
@@ -761,6 +793,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         container the same way container_env does: srun passes on only an allowlist.
         """
         spec_env = {k: env[k] for k in (getattr(self.kernel_spec, "env", None) or {}) if k in env}
+        spec_env.update(self.clock_env())  # the allocation's clock, for the in-kernel hook
         return dataclasses.replace(
             super().launch_context(inner, cwd, env, host, image, runtime),
             job_id=self.job_id or "JOB_ID",
@@ -776,7 +809,10 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         placeholders for the job and the node address.
         """
         plan = super().launch_plan(
-            dataclasses.replace(ctx, inner=[*ctx.inner, f"--ip={ctx.node_addr}"]), strict=strict
+            dataclasses.replace(
+                ctx, inner=[*ctx.inner, f"--ip={ctx.node_addr}", *self.clock_argv(ctx.inner)]
+            ),
+            strict=strict,
         )
         plan.argv = [
             *build_srun_argv(ctx.job_id, self.step_name, ctx.cwd, self.srun_args),
@@ -901,12 +937,24 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         if self.parent is not None:
             self.parent.load_connection_info(self.connection_info)
         self._new_job = False
+        self._kernel_started()
         return self.connection_info
 
     async def _wait_for_kernel(self) -> dict[str, Any]:
+        """Wait until the server can connect to the kernel's shell port on the node.
+
+        ipykernel writes F only after it has bound its ports, so once a new kernel's F is
+        there, a port that gives no answer at all (twice) or keeps refusing (for
+        ``_REFUSED_GRACE`` s) is a firewall between this host and the node: that fails at once
+        with :class:`KernelUnreachable` instead of waiting out boot_timeout. On a restart F is
+        the old kernel's (rewritten before the step starts), so only silence counts there.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.boot_timeout
         conn_file = self.files["connection"]
+        new_file = self._connection is None
+        silent = 0
+        refused_since: float | None = None
         while True:
             info = await in_thread(
                 _read_connection_file,
@@ -914,8 +962,17 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
                 timeout=self.fs_timeout,
                 what=f"Connection file {conn_file}",
             )
-            if info and await listening("tcp", info["ip"], info["shell_port"]):
-                return info
+            if info:
+                answer = await probe_port(info["ip"], info["shell_port"], timeout=1.5)
+                if answer == "open":
+                    return info
+                silent = silent + 1 if answer == "silent" else 0
+                if answer == "refused" and new_file and refused_since is None:
+                    refused_since = loop.time()
+                if silent >= 2 or (
+                    refused_since is not None and loop.time() - refused_since > _REFUSED_GRACE
+                ):
+                    raise KernelUnreachable(self._unreachable_message(info, answer))
             code = self.process.poll() if self.process else 0
             if code is not None:
                 await asyncio.sleep(0.2)  # let srun flush its last lines into the log
@@ -932,6 +989,21 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
                 )
             await asyncio.sleep(0.05)
 
+    def _unreachable_message(self, info: Mapping[str, Any], answer: str) -> str:
+        why = (
+            "no answer within 3 s: a firewall drops the connection"
+            if answer == "silent"
+            else "connection refused although the kernel listens: a firewall rejects it"
+        )
+        then = f", then start the kernel again (job {self.job_id} was cancelled)."
+        return (
+            f"The kernel in Slurm job {self.job_id} runs on node {self.node}, but this server "
+            f"cannot connect to it at {info['ip']}:{info['shell_port']} ({why}); ask your "
+            f"admins to allow TCP connections from this host to ports 1024-65535 of {self.node} "
+            "(the kernel picks random ones), or set SlurmProvisioner.kernel_ip to an address "
+            "of the node that this host can reach" + (then if self._new_job else ".")
+        )
+
     def _log_note(self) -> str:
         """' Last lines of its log (path): ...' when the kernel's log has any, else ''."""
         tail = tail_file(self.files["log"])
@@ -946,7 +1018,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         job = await self.queue.job(self.job_id, fresh=True)
         if job is None:
             return True  # controller unreachable: assume it still stands
-        return bool(job) and not job.finished
+        return bool(job) and not job.finished and not job.state.startswith("COMPLETING")
 
     async def _submit(self) -> None:
         self.job_id = self.step_id = self.node = None
@@ -1001,8 +1073,10 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         # second for a job that really queues; kernels waiting together share each squeue.
         delay = 0.05
         while True:
+            self._check_leave()
             job = await self.queue.job(self.job_id, max_age=delay)
             now = loop.time()
+            self._check_leave()
             if job is False:
                 raise SlurmJobFailed(
                     f"Slurm job {self.job_id} for kernel {self.kernel_name} ended before it "
@@ -1021,6 +1095,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
             else:
                 state = job.state.split()[0]
                 if state == "RUNNING":
+                    self._note_clock(job)
                     self.log.info(
                         "Kernel %s: Slurm job %s running on %s after %.1f s",
                         self.kernel_id,
@@ -1043,6 +1118,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
                         f"{job.reason}. Fix the kernel's Slurm settings (partition, gpus, "
                         "time_limit, account, qos) or ask your admins; the job was cancelled."
                     )
+                self._queued_reason = job.reason
                 if job.reason != last_reason or now - last_log >= self.pending_log_interval:
                     self._set_reason(
                         f"Slurm job {self.job_id} {state}: {job.reason} "
@@ -1065,7 +1141,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
                     "another partition or fewer GPUs, or raise SlurmProvisioner.queue_timeout "
                     "(0 waits forever)."
                 )
-            await asyncio.sleep(delay)
+            await self._queue_pause(delay)
             if now - started > 3.0:
                 delay = min(delay * 1.5, 1.0)
 
@@ -1144,6 +1220,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         batched squeue: one call per poll_interval serves every kernel of the process, and
         a controller error counts as alive.
         """
+        self._tick_clock()
         if self.process is not None:
             return self.process.poll()
         if not self._attached:
@@ -1275,6 +1352,237 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
             timeout,
             self.job_id,
         )
+
+    # --- Leaving the queue, the clock, the end of an allocation ---------------------------
+
+    @property
+    def waiting_in_queue(self) -> bool:
+        """True while a start, or a restart that needs a new job, waits for its allocation.
+
+        kernelprovider.manager asks this before a shutdown, interrupt or restart: a waiting
+        kernel is taken out of the queue (:meth:`leave_queue`) instead of waited for.
+        """
+        return self._waiting
+
+    def queue_status(self) -> str:
+        """'Slurm job 4242 (reason: Resources)' for messages about a waiting kernel."""
+        job = f"Slurm job {self.job_id}" if self.job_id else "its Slurm job (being submitted)"
+        return job + (f" (reason: {self._queued_reason})" if self._queued_reason else "")
+
+    def leave_queue(self, why: str = "shut down") -> None:
+        """Stop waiting for the allocation; called by kernelprovider.manager when a kernel
+        whose job is still pending is shut down (REST, culling, server stop).
+
+        The waiting start wakes up at once and fails with :class:`SlurmStartCancelled`;
+        pre_launch then cancels the job and confirms it is gone, as for any failed start.
+        """
+        self._leave_reason = why
+        if self._leave is not None:
+            self._leave.set()
+
+    def slurm_model(self) -> dict[str, Any]:
+        """This kernel's job for the REST kernel model (kernelprovider.manager adds it as
+        "slurm"): id, state, node, pending reason, end (ISO 8601, UTC), seconds left."""
+        left = None if self.job_end is None else max(0, int(self.job_end - time.time()))
+        end = (
+            None
+            if self.job_end is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.job_end))
+        )
+        return {
+            "job_id": self.job_id,
+            "state": "PENDING" if self._waiting else "RUNNING",
+            "reason": self._queued_reason if self._waiting else "",
+            "node": None if self._waiting else self.node,
+            "end": None if self._waiting else end,
+            "seconds_left": None if self._waiting else left,
+        }
+
+    def cancel_queued_at_exit(self) -> None:
+        """scancel this kernel's pending job, blocking; called by kernelprovider.manager at
+        interpreter exit when the server skipped its own shutdown (a plain Ctrl-C without a
+        terminal ends jupyter_server's loop with KeyboardInterrupt and no cleanup). No event
+        loop runs any more, so this is a plain subprocess call."""
+        if not (self._waiting and self.job_id):
+            return
+        subprocess.run(
+            ["scancel", f"--name={self.job_name}", self.job_id],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=15,
+            check=False,
+        )
+        self.log.info(
+            "Kernel %s: the server exits without its shutdown; cancelled %s",
+            self.kernel_id,
+            self.queue_status(),
+        )
+        _unlink(self.files["lease"])
+
+    def _enter_queue(self) -> None:
+        self._waiting = True
+        self._queued_reason = ""
+        self._leave = asyncio.Event()
+
+    def _check_leave(self) -> None:
+        if self._leave is not None and self._leave.is_set():
+            raise SlurmStartCancelled(
+                f"Kernel {self.kernel_name} was {self._leave_reason} while "
+                f"{self.queue_status()} waited in the queue; the job was cancelled."
+            )
+
+    async def _queue_pause(self, delay: float) -> None:
+        """Sleep between two looks at a pending job; a :meth:`leave_queue` ends it early."""
+        if self._leave is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._leave.wait(), delay)
+
+    def _note_clock(self, job: JobInfo) -> None:
+        """Remember the job's end (now + squeue's time left) when it runs."""
+        left = parse_duration(job.time_left)
+        self.job_end = time.time() + left if left is not None else None
+        self.job_time_limit = job.time_limit
+
+    def clock_env(self) -> dict[str, str]:
+        """Variables for the kernel: the job's end (Unix seconds), the warning margin and a
+        one-time note (why a requeued kernel is new); read by :data:`KERNEL_HOOK`."""
+        env = {WARNING_ENV: str(int(self.end_warning))}
+        if self.job_end is not None:
+            env[END_ENV] = str(int(self.job_end))
+        if self._end_note:
+            env[NOTE_ENV] = self._end_note
+        return env
+
+    def clock_argv(self, inner: Sequence[str]) -> list[str]:
+        """The in-kernel hook as ipykernel's startup code, for ipykernel kernels only."""
+        if not any("ipykernel" in a for a in inner) or any(
+            a == "-c" or "code_to_run" in a for a in inner
+        ):
+            return []
+        return [f"--IPKernelApp.code_to_run={KERNEL_HOOK}"]
+
+    def _kernel_started(self) -> None:
+        """Called when a kernel step is up: log the job's end, forget a requeue note, and
+        tell the server's kernel manager when the kernel now lives in a new job (new node,
+        ports and key: see kernelprovider.manager's kernel_moved)."""
+        moved, self._requeued = self._requeued, False
+        self._end_note = ""
+        if self.job_end is not None:
+            self.log.info(
+                "Kernel %s: Slurm job %s ends at %s (time limit %s, %s left)",
+                self.kernel_id,
+                self.job_id,
+                format_end(self.job_end),
+                self.job_time_limit,
+                format_duration(self.job_end - time.time()),
+            )
+        self._tick_clock()
+        mapping = getattr(self.parent, "parent", None)
+        if moved and callable(getattr(mapping, "kernel_moved", None)):
+            mapping.kernel_moved(self.kernel_id)
+
+    def _tick_clock(self) -> None:
+        """Refresh the time left in the kernel model and warn once in the log; called from
+        :meth:`poll` (no I/O: a clock comparison)."""
+        if self.job_end is None or self._waiting or not self.job_id:
+            return
+        if self.process is None and not self._attached:
+            return
+        if self.process is not None and self.process.poll() is not None:
+            return  # the step ended: the restart (or the shutdown) says what comes next
+        left = self.job_end - time.time()
+        self._set_reason(
+            f"Slurm job {self.job_id} RUNNING on {self.node}: {format_duration(left)} left "
+            f"(ends {format_end(self.job_end)})"
+        )
+        if self.end_warning > 0 and left < self.end_warning and self._end_warned != self.job_id:
+            self._end_warned = self.job_id
+            self.log.warning(
+                "Kernel %s: Slurm job %s ends in %s (at %s); the notebook's next cell run "
+                "warns the user.",
+                self.kernel_id,
+                self.job_id,
+                format_duration(left),
+                format_end(self.job_end),
+            )
+
+    async def _why_ended(self, job_id: str, settle: float = 30) -> str:
+        """Why Slurm ended ``job_id``, in words (waits out COMPLETING for the final state)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
+        while True:
+            job = await self.queue.job(job_id, fresh=True)
+            if job is None:
+                return f"Slurm job {job_id} ended (the controller does not answer, so not why)"
+            if job is False:
+                return ended_message(job_id, "", "", "", self.node or "")
+            if job.finished or loop.time() > deadline:
+                return ended_message(job_id, job.state, job.reason, job.time_limit, job.nodes)
+            await asyncio.sleep(0.5)
+
+    async def _requeue_or_stop(self) -> None:
+        """Called by pre_launch when the kernel needs a new job: nothing on a first start.
+
+        After Slurm ended the job under a running kernel (the restarter restarts it), say
+        why, then queue one new allocation (on_job_end 'requeue'; the new kernel prints the
+        reason in its first cell's output) or stop ('stop'). A requeued job that did not
+        start is not followed by another: the restarter does not loop on the queue.
+        """
+        if self._end_note and not self._requeued:
+            raise SlurmJobEnded(self._end_note)  # stopped before: never a new job
+        old = self.job_id
+        if old is None and not self._requeued:
+            return
+        if old is None:
+            why = (
+                f"The new Slurm job queued for kernel {self.kernel_name} did not start; not "
+                "queueing another. Start the kernel again when you need it."
+            )
+            self._end_note = why
+            self._requeued = False
+            self._give_up_restarts()
+            raise SlurmJobEnded(why)
+        said = await self._why_ended(old)
+        self.queue.unregister(old)
+        self.job_id = self.step_id = None
+        self.job_end = None
+        if self.on_job_end == "stop" or self._requeued:
+            self._end_note = (
+                f"{said}. Kernel {self.kernel_name} stopped (SlurmProvisioner.on_job_end = "
+                f"'{self.on_job_end}'); start it again to queue a new job."
+            )
+            self._requeued = False
+            self.log.warning("Kernel %s: %s", self.kernel_id, self._end_note)
+            self._give_up_restarts()
+            raise SlurmJobEnded(self._end_note)
+        self.log.warning(
+            "Kernel %s: %s. Queueing one new allocation for it (SlurmProvisioner.on_job_end = "
+            "'requeue').",
+            self.kernel_id,
+            said,
+        )
+        self._end_note = (
+            f"{said}. This is a new kernel in a new job: variables from before are gone, "
+            "re-run the cells you need."
+        )
+        self._requeued = True
+
+    def _give_up_restarts(self) -> None:
+        """Stop jupyter_client's restarter and tell its 'dead' listeners (the server drops the
+        kernel, JupyterLab shows it dead) instead of letting it retry a start that cannot
+        help."""
+        km = self.parent
+        restarter = getattr(km, "_restarter", None)
+        if km is None or restarter is None:
+            return
+        km.stop_restarter()
+        for callback in list(restarter.callbacks.get("dead", [])):
+            try:
+                callback()
+            except Exception:
+                self.log.exception("Kernel %s: a 'dead' callback failed", self.kernel_id)
 
     # --- persistence, timing --------------------------------------------------------------
 

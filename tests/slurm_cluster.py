@@ -1,4 +1,4 @@
-"""The real single-node Slurm cluster for tests: a session fixture and squeue helpers.
+"""The real Slurm test cluster for tests: a session fixture and squeue helpers.
 
 Nothing here fakes Slurm: the fixture starts the cluster with ``scripts/slurm-cluster.sh``
 (root only; otherwise it uses a cluster that is already up) and every helper runs the real
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from needs import need
+from needs import REQUIRE, need
 
 from kernelprovider.slurm import FINISHED_STATES
 
@@ -29,6 +30,8 @@ __all__ = [
     "SlurmCluster",
     "cancel_jobs",
     "cluster_facts",
+    "dead_controller_conf",
+    "require_multi_node",
     "slurm_cluster",
     "squeue_jobs",
     "wait_job_state",
@@ -56,16 +59,43 @@ _FIELDS = {
 
 @dataclass(frozen=True)
 class SlurmCluster:
-    """What the running test cluster offers, read back from Slurm itself."""
+    """What the running test cluster offers, read back from Slurm itself.
 
-    node: str  # NodeName, as squeue %N and scontrol show it
-    node_addr: str  # NodeAddr from `scontrol show node`
+    Multi-node mode (the default): the compute nodes (``nodes``) live in network namespaces
+    of their own, with their own addresses and hostnames; the server (this process) is on
+    ``server_host``. Single-node mode (KP_SLURM_NODES=1): ``nodes == (server_host,)``.
+    """
+
+    node: str  # the first compute node of the default partition (squeue %N, scontrol)
+    node_addr: str  # its NodeAddr from `scontrol show node`
+    nodes: tuple[str, ...]  # every node of the default partition
+    node_addrs: dict[str, str]  # NodeAddr of every node of the cluster
+    server_host: str  # short hostname of the machine that runs slurmctld and the tests
     partitions: tuple[str, ...]  # every partition, default first
     default_partition: str  # "gpu"
     shared_partition: str  # "gpu-shared": UP, a second choice
     held_partition: str  # "held": always DOWN; jobs there stay PENDING (PartitionDown)
     gpus: int  # gres gpu count on the node
     cpus: int  # CPUs Slurm schedules (more than the machine has, on purpose)
+    local_partition: str | None = None  # "local": a node on the server's host (multi-node)
+    firewalled_partition: str | None = None  # "firewalled": kpwall1, drops inbound TCP
+    firewalled_node: str | None = None
+
+    @property
+    def multi_node(self) -> bool:
+        """True when the default partition's nodes are hosts other than the server's."""
+        return self.server_host not in self.nodes
+
+
+def require_multi_node(cluster: SlurmCluster) -> None:
+    """Skip (fail under KP_REQUIRE_RUNTIME=1, unless KP_SLURM_NODES=1 chose it) a test that
+    needs compute nodes other than the server's host."""
+    if cluster.multi_node and cluster.firewalled_partition and cluster.local_partition:
+        return
+    what = "the Slurm test cluster is single-node (start it with KP_SLURM_NODES=2 or more)"
+    if REQUIRE and os.environ.get("KP_SLURM_NODES") != "1":
+        pytest.fail(what)
+    pytest.skip(what)
 
 
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -88,8 +118,8 @@ def _cluster_up() -> bool:
 
 
 def cluster_facts() -> SlurmCluster:
-    """Read node, partitions and GRES of the running cluster from sinfo/scontrol."""
-    out = _run(["sinfo", "-h", "-o", f"%R{_SEP}%N{_SEP}%G{_SEP}%c{_SEP}%a"]).stdout
+    """Read nodes, partitions and GRES of the running cluster from sinfo/scontrol."""
+    out = _run(["sinfo", "-h", "-N", "-o", f"%R{_SEP}%N{_SEP}%G{_SEP}%c"]).stdout
     rows = [line.split(_SEP) for line in out.splitlines() if line]
     if not rows:
         raise RuntimeError("sinfo lists no partitions")
@@ -98,26 +128,40 @@ def cluster_facts() -> SlurmCluster:
     for line in _run(["sinfo", "-h", "-o", "%P"]).stdout.split():
         if line.endswith("*"):
             default = line.rstrip("*")
-    names = [r[0] for r in rows]
+    names = list(dict.fromkeys(r[0] for r in rows))
     partitions = tuple(sorted(names, key=lambda n: (n != default, names.index(n))))
-    node = rows[0][1]
+    members: dict[str, list[str]] = {}
+    for r in rows:
+        members.setdefault(r[0], []).append(r[1])
+    nodes = tuple(sorted(members[default or names[0]]))
+    first = next(r for r in rows if r[1] == nodes[0])
     gpus = 0
-    for gres in rows[0][2].split(","):
+    for gres in first[2].split(","):
         # "gpu:4" or "gpu:type:4", possibly with "(S:0)" socket info
         parts = gres.split("(")[0].split(":")
         if parts[0] == "gpu" and parts[-1].isdigit():
             gpus = int(parts[-1])
-    show = _run(["scontrol", "-o", "show", "node", node]).stdout
-    fields = dict(kv.split("=", 1) for kv in show.split() if "=" in kv)
+    addrs = {}
+    for line in _run(["scontrol", "-o", "show", "nodes"]).stdout.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if "NodeName" in fields:
+            addrs[fields["NodeName"]] = fields.get("NodeAddr", fields["NodeName"])
+    firewalled = members.get("firewalled", [])
     return SlurmCluster(
-        node=node,
-        node_addr=fields.get("NodeAddr", node),
+        node=nodes[0],
+        node_addr=addrs.get(nodes[0], nodes[0]),
+        nodes=nodes,
+        node_addrs=addrs,
+        server_host=socket.gethostname().split(".")[0],
         partitions=partitions,
         default_partition=default,
         shared_partition="gpu-shared",
         held_partition="held",
         gpus=gpus,
-        cpus=int(rows[0][3]),
+        cpus=int(first[3]),
+        local_partition="local" if "local" in members else None,
+        firewalled_partition="firewalled" if firewalled else None,
+        firewalled_node=firewalled[0] if firewalled else None,
     )
 
 
@@ -197,3 +241,13 @@ def cancel_jobs(name_prefix: str, timeout: float = 15.0) -> list[str]:
     while time.monotonic() < deadline and any(j["id"] in ids for j in squeue_jobs(name_prefix)):
         time.sleep(0.1)
     return ids
+
+
+def dead_controller_conf(directory: Path) -> str:
+    """A copy of the cluster's slurm.conf that points clients at a port no controller
+    listens on; hand it to one process through SLURM_CONF (the cluster stays untouched)."""
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    lines = [ln for ln in conf.read_text().splitlines() if not ln.startswith("SlurmctldPort")]
+    dead = directory / "dead-controller-slurm.conf"
+    dead.write_text("\n".join([*lines, "SlurmctldPort=6999", ""]))
+    return str(dead)

@@ -122,6 +122,13 @@ def _get(server: Server, path: str) -> Any:
         return json.load(resp)
 
 
+def _open_notebook(page: Any, lab: Server, display_name: str, state: str) -> None:
+    """Open JupyterLab, click the kernel's launcher card, wait for '<name> | <state>'."""
+    page.goto(f"{lab.url}/lab?token={TOKEN}")
+    page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{display_name}"]').click()
+    page.get_by_text(f"{display_name} | {state}").wait_for()
+
+
 def _run_cell(page: Any, code: str) -> None:
     page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").first.click()
     page.keyboard.type(code)
@@ -168,19 +175,30 @@ c.SlurmProvisioner.pending_log_interval = 2.0
 """
 
 
-@pytest.mark.slurm
-def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
-    images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
-) -> None:
+def _slurm_notebook(install_kernel, images, tmp_path: Path, **config: Any) -> None:
+    """Install the Slurm kernelspec the notebooks here open (display name SLURM_TF)."""
+    config.setdefault("gpus", "0")
     install_kernel(
         "tf18-cuda92-gpu-slurm",
         images.test,
         display_name=SLURM_TF,
         provisioner="slurm-apptainer-provisioner",
         interrupt_mode="message",
+        state_dir=str(tmp_path / "state"),
+        **config,
+    )
+
+
+@pytest.mark.slurm
+def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
+    images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
+) -> None:
+    _slurm_notebook(
+        install_kernel,
+        images,
+        tmp_path,
         partition=slurm_cluster.default_partition,
         gpus="1",
-        state_dir=str(tmp_path / "state"),
         # Held until the test releases it: a queue wait that ends when the test says so.
         sbatch_args=["--hold"],
     )
@@ -189,9 +207,7 @@ def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     job = None
     try:
-        page.goto(f"{lab.url}/lab?token={TOKEN}")
-        page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{SLURM_TF}"]').click()
-        page.get_by_text(f"{SLURM_TF} | Connecting").wait_for()
+        _open_notebook(page, lab, SLURM_TF, "Connecting")
         _run_cell(page, WHERE)
         deadline = time.monotonic() + 60
         while job is None and time.monotonic() < deadline:
@@ -231,3 +247,116 @@ def test_a_cell_run_while_the_slurm_job_waits_runs_once_it_starts(
                 subprocess.run(["scancel", job["id"]], check=False, timeout=30)
     lab.stop()
     assert wait_job_state(job["id"], {"GONE"}, timeout=60) is not None
+
+
+# --- Slurm kernels with kernelprovider's kernel manager (README "While a Slurm kernel waits") --
+
+STDERR = (
+    ".jp-NotebookPanel:visible "
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+)
+MANAGER_SITE = """
+c.ServerApp.kernel_manager_class = "kernelprovider.manager.SlurmAwareKernelManager"
+c.MappingKernelManager.use_pending_kernels = True
+c.SlurmProvisioner.pending_log_interval = 2.0
+"""
+
+
+def _notebook_job(lab: Server, states: set[str], timeout: float = 60) -> dict[str, str]:
+    """The Slurm job of the notebook's kernel once it is in one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = [s["kernel"]["id"] for s in _get(lab, "/api/sessions") if s.get("kernel")]
+        jobs = [j for k in ids for j in squeue_jobs(f"kp-{k}") if j["state"] in states]
+        if jobs:
+            return jobs[-1]
+        time.sleep(0.3)
+    raise AssertionError(f"no Slurm job in {states} for the notebook's kernel")
+
+
+@pytest.mark.slurm
+def test_shut_down_kernel_in_the_running_panel_leaves_the_queue(
+    images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
+) -> None:
+    _slurm_notebook(
+        install_kernel, images, tmp_path, partition=slurm_cluster.held_partition, queue_timeout=0.0
+    )
+    lab = start_lab(["tf18-cuda92-gpu-slurm"], MANAGER_SITE)
+    page = browser_page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    job = None
+    try:
+        _open_notebook(page, lab, SLURM_TF, "Connecting")
+        job = _notebook_job(lab, {"PENDING"})
+        assert job["reason"] == "PartitionDown"
+        # The Running panel lists the waiting kernel; its "Shut Down Kernel" button cancels it.
+        page.locator('[data-id="jp-running-sessions"]').click()
+        item = page.locator(".jp-RunningSessions-item", has_text=SLURM_TF).first
+        item.hover()
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-queued-running-panel.png"))
+        item.locator('[title="Shut Down Kernel"], .jp-RunningSessions-itemShutdown').first.click()
+        assert wait_job_state(job["id"], {"GONE"}, timeout=15) is not None
+        deadline = time.monotonic() + 15
+        while _get(lab, "/api/kernels") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _get(lab, "/api/kernels") == []
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-left-the-queue.png"))
+        assert f"shut down while Slurm job {job['id']}" in lab.log.read_text()
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-queue-failure.png"))
+        raise
+    finally:
+        if job is not None and wait_job_state(job["id"], {"GONE"}, timeout=1) is None:
+            subprocess.run(["scancel", job["id"]], check=False, timeout=30)
+
+
+@pytest.mark.slurm
+def test_the_notebook_warns_before_the_end_and_says_why_the_job_ended(
+    images, install_kernel, slurm_cluster, tmp_path, start_lab, browser_page
+) -> None:
+    # 5 minutes of time limit, a 10 minute margin: the first cell run already warns
+    partition = slurm_cluster.default_partition
+    _slurm_notebook(install_kernel, images, tmp_path, partition=partition, time_limit="5:00")
+    lab = start_lab(["tf18-cuda92-gpu-slurm"], MANAGER_SITE)
+    page = browser_page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    jobs: list[dict[str, str]] = []
+    try:
+        _open_notebook(page, lab, SLURM_TF, "Idle")
+        jobs.append(_notebook_job(lab, {"RUNNING"}))
+        _run_cell(page, "print('hello')")
+        stderr = page.locator(STDERR).first
+        stderr.wait_for()
+        warning = stderr.inner_text().strip()
+        assert warning.startswith(f"kernelprovider: Slurm job {jobs[0]['id']} ends at ")
+        assert "save the notebook and checkpoint your work now" in warning
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-end-warning.png"))
+
+        # An admin cancels the job: JupyterLab says the kernel restarts; the next cell says why
+        subprocess.run(["scancel", jobs[0]["id"]], check=True, timeout=30)
+        dialog = page.locator(".jp-Dialog")
+        dialog.wait_for()
+        dialog.get_by_role("button").last.click()
+        jobs.append(_notebook_job(lab, {"RUNNING"}))
+        assert jobs[1]["id"] != jobs[0]["id"]
+        # the next cell run (the new, empty cell below the first)
+        page.locator(".jp-NotebookPanel:visible .jp-Cell .cm-content").last.click()
+        page.keyboard.type("print('again')")
+        page.keyboard.press("Shift+Enter")
+        note = page.locator(
+            STDERR,
+            has_text="because it was cancelled",
+        ).first
+        note.wait_for()
+        assert (
+            f"kernelprovider: Slurm ended job {jobs[0]['id']} because it was cancelled"
+            in note.inner_text()
+        )
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-job-ended.png"))
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-slurm-clock-failure.png"))
+        raise
+    finally:
+        for job in jobs:
+            if wait_job_state(job["id"], {"GONE"}, timeout=1) is None:
+                subprocess.run(["scancel", job["id"]], check=False, timeout=30)

@@ -8,6 +8,7 @@ the user venv's python under that user's uid).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -54,6 +55,8 @@ class Driver:
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
             "JUPYTER_PLATFORM_DIRS": "0",
         }
+        if "SLURM_CONF" in os.environ:  # the same Slurm cluster as the tests' own commands
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
                 [users.python, str(DRIVER), mode, json.dumps(args)],
@@ -260,8 +263,10 @@ def slurm_for_users(slurm_cluster: Any) -> Any:
         for line in out.splitlines()
         if line.startswith("SlurmdSpoolDir")
     )
-    if stat.S_IMODE(os.stat(spool).st_mode) & 0o011 != 0o011:
-        os.chmod(spool, 0o755)
+    # one spool per node (".../slurmd/%n") on the multi-node test cluster
+    for path in glob.glob(spool.replace("%n", "*").replace("%h", "*")):
+        if stat.S_IMODE(os.stat(path).st_mode) & 0o011 != 0o011:
+            os.chmod(path, 0o755)
     return slurm_cluster
 
 

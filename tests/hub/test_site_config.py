@@ -183,10 +183,15 @@ def test_the_sample_site_config_names_real_settings_with_valid_values() -> None:
     config = PyFileConfigLoader(sample.name, str(sample.parent)).load_config()
     # jupyter_server's kernel manager is AsyncMappingKernelManager, a MappingKernelManager:
     # settings of the "MappingKernelManager" section reach it.
+    from jupyter_server.serverapp import ServerApp
+
+    from kernelprovider.manager import SlurmAwareKernelManager
+
     classes = {
         "ContainerProvisioner": ContainerProvisioner,
         "SlurmProvisioner": SlurmProvisioner,
         "MappingKernelManager": AsyncMappingKernelManager,
+        "ServerApp": ServerApp,
     }
     assert set(config) <= set(classes), set(config) - set(classes)
     for section, values in config.items():
@@ -202,3 +207,8 @@ def test_the_sample_site_config_names_real_settings_with_valid_values() -> None:
         assert getattr(manager, name) == value, name
     assert config.SlurmProvisioner.partition == "gpu"
     assert config.MappingKernelManager.use_pending_kernels is True
+    # the one line that turns on kernelprovider's kernel manager names an importable class
+    # that jupyter_server accepts (a subclass of its AsyncMappingKernelManager)
+    assert set(config.ServerApp) == {"kernel_manager_class"}
+    assert ServerApp(config=config).kernel_manager_class is SlurmAwareKernelManager
+    assert issubclass(SlurmAwareKernelManager, AsyncMappingKernelManager)

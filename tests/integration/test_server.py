@@ -32,7 +32,9 @@ def free_port() -> int:
 class Server:
     """A jupyter_server subprocess on loopback, with its log captured to a file."""
 
-    def __init__(self, root: Path, log: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, log: Path, extra_args: list[str] | None = None, stdin: Any = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -51,6 +53,7 @@ class Server:
                 *(["--allow-root"] if os.geteuid() == 0 else []),
                 *(extra_args or []),
             ],
+            stdin=stdin,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),
@@ -124,31 +127,39 @@ def execute_request(code: str) -> dict:
     }
 
 
-async def ws_execute_at(url: str, headers: dict[str, str], code: str) -> tuple[str, str]:
-    """Execute ``code`` over the kernel websocket at ``url``; (reply status, stdout).
+async def ws_run_at(
+    url: str, headers: dict[str, str], code: str, timeout: float = 60
+) -> tuple[str, str, str]:
+    """Execute ``code`` over the kernel websocket at ``url``; (reply status, stdout, stderr).
 
-    Reads until the kernel goes idle after the request: stdout on iopub may trail the reply.
+    Reads until the kernel goes idle after the request: output on iopub may trail the reply.
     """
-    conn = await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=60))
+    conn = await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=timeout))
     msg = execute_request(code)
     await conn.write_message(json.dumps(msg))
-    out: list[str] = []
+    streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
     status = None
     idle = False
     while status is None or not idle:
-        raw = await asyncio.wait_for(conn.read_message(), 60)
+        raw = await asyncio.wait_for(conn.read_message(), timeout)
         assert raw is not None, "websocket closed"
         reply = json.loads(raw)
         if reply.get("parent_header", {}).get("msg_id") != msg["header"]["msg_id"]:
             continue
         if reply["msg_type"] == "stream":
-            out.append(reply["content"]["text"])
+            streams[reply["content"]["name"]].append(reply["content"]["text"])
         elif reply["msg_type"] == "execute_reply":
             status = reply["content"]["status"]
         elif reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle":
             idle = True
     conn.close()
-    return status, "".join(out)
+    return status, "".join(streams["stdout"]), "".join(streams["stderr"])
+
+
+async def ws_execute_at(url: str, headers: dict[str, str], code: str) -> tuple[str, str]:
+    """Execute ``code`` over the kernel websocket at ``url``; (reply status, stdout)."""
+    status, out, _ = await ws_run_at(url, headers, code)
+    return status, out
 
 
 async def ws_execute(server: Server, kernel_id: str, code: str) -> tuple[str, str]:

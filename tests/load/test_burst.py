@@ -11,6 +11,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,18 @@ def kernel_descendants(server: Server) -> list[psutil.Process]:
         return []
 
 
-async def burst(server: Server, name: str) -> tuple[float, list[float], list[str]]:
-    """(single start, burst start times, kernel ids); every kernel is deleted at the end."""
+async def burst(
+    server: Server, name: str, while_running: Callable[[list[str]], None] | None = None
+) -> tuple[float, list[float], list[str]]:
+    """(single start, burst start times, kernel ids); every kernel is deleted at the end.
+
+    ``while_running`` gets the burst's kernel ids while all of them run."""
     kid, single = await start_and_run(server, name)
     await server.request("DELETE", f"/api/kernels/{kid}")
     results = await asyncio.gather(*(start_and_run(server, name) for _ in range(BURST)))
     assert len(await server.request("GET", "/api/kernels")) == BURST
+    if while_running is not None:
+        while_running([k for k, _ in results])
     await asyncio.gather(*(server.request("DELETE", f"/api/kernels/{k}") for k, _ in results))
     assert await server.request("GET", "/api/kernels") == []
     return single, [t for _, t in results], [kid] + [k for k, _ in results]
@@ -99,8 +106,20 @@ async def test_slurm_burst(images, install_kernel, jupyter_dirs, server, slurm_c
         time_limit="10:00",
         state_dir=str(state),
     )
-    single, times, ids = await burst(server, "tf18-slurm")
+    nodes: dict[str, str] = {}
+
+    def where(kernel_ids: list[str]) -> None:
+        running = {f"kp-{k}" for k in kernel_ids}
+        nodes.update({j["name"]: j["node"] for j in squeue_jobs("kp-") if j["name"] in running})
+
+    single, times, ids = await burst(server, "tf18-slurm", where)
     report("slurm", single, times)
+    spread = {n: list(nodes.values()).count(n) for n in sorted(set(nodes.values()))}
+    print(f"[burst slurm] kernels per node: {spread}")
+    # all 16 ran on the compute nodes, spread over them (multi-node: not the server's host)
+    assert len(nodes) == BURST and set(spread) <= set(slurm_cluster.nodes)
+    if slurm_cluster.multi_node:
+        assert len(spread) >= 2 and slurm_cluster.server_host not in spread
     names = {f"kp-{k}" for k in ids}
     assert [j for j in squeue_jobs("kp-") if j["name"] in names] == []
     assert sorted(p.name for p in state.iterdir()) == []

@@ -17,6 +17,7 @@ import pytest
 from jupyter_client import AsyncKernelManager
 from kernel_helpers import start_kernel
 from needs import need_root
+from slurm_cluster import dead_controller_conf
 
 from kernelprovider.errors import SlurmSubmitError, StateDirError
 from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
@@ -100,15 +101,9 @@ async def test_slurmctld_restart_while_kernels_run(slurm_kernel, jupyter_dirs) -
 
 @pytest.mark.slurm
 async def test_slurmctld_down_at_start(slurm_kernel, jupyter_dirs, tmp_path, monkeypatch) -> None:
-    lines = [
-        line
-        for line in Path("/etc/slurm/slurm.conf").read_text().splitlines()
-        if not line.startswith("SlurmctldPort")
-    ]
-    conf = tmp_path / "down-slurm.conf"
-    conf.write_text("\n".join([*lines, "SlurmctldPort=6999", ""]))
+    conf = dead_controller_conf(tmp_path)
     name = slurm_kernel("kp-fault-down")
-    monkeypatch.setenv("SLURM_CONF", str(conf))  # only this process sees a dead controller
+    monkeypatch.setenv("SLURM_CONF", conf)  # only this process sees a dead controller
     km = AsyncKernelManager(kernel_name=name)
     with pytest.raises(SlurmSubmitError) as e:
         await km.start_kernel(cwd=str(jupyter_dirs["work"]))

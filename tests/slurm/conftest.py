@@ -38,15 +38,16 @@ def state_dir(tmp_path: Path) -> Path:
 def slurm_spec(images: Any, install_kernel: Any, slurm_cluster: Any, state_dir: Path) -> Any:
     """Install a Slurm kernelspec for the test image; returns its name.
 
-    Defaults: partition gpu, no GPUs (so a busy cluster does not make tests wait), a 10
-    minute time limit, this test's state directory, message-mode interrupts.
+    Defaults: partition gpu, no GPUs (so a busy cluster does not make tests wait), a 20
+    minute time limit (longer than the 10 minute end warning, so cell outputs carry no
+    warning line), this test's state directory, message-mode interrupts.
     """
 
     def make(name: str = "kp-slurm", interrupt_mode: str = "message", **config: Any) -> str:
         config.setdefault("state_dir", str(state_dir))
         config.setdefault("partition", slurm_cluster.default_partition)
         config.setdefault("gpus", "0")
-        config.setdefault("time_limit", "10:00")
+        config.setdefault("time_limit", "20:00")
         config.setdefault("queue_timeout", 60.0)
         return install_kernel(
             name,

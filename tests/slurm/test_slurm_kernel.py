@@ -74,8 +74,8 @@ async def test_start_and_execute_in_the_image_as_a_step_of_the_job(
     # ... as a step of this kernel's own job, on the allocated node, with its GPU
     assert where["job"] == prov.job_id
     assert where["step"] is not None and where["step"].isdigit()
-    assert where["host"] == slurm_cluster.node == prov.node
-    assert prov.node_ip == slurm_cluster.node_addr
+    assert where["host"] == prov.node and prov.node in slurm_cluster.nodes
+    assert prov.node_ip == slurm_cluster.node_addrs[prov.node]
     assert where["gpus"] == "0"
     assert where["cwd"] == str(jupyter_dirs["work"])
     assert where["hub"] is None
@@ -85,7 +85,7 @@ async def test_start_and_execute_in_the_image_as_a_step_of_the_job(
     row = job_row(prov.job_id)
     assert row is not None
     assert row["name"] == f"kp-{km.kernel_id}"
-    assert (row["state"], row["partition"], row["node"]) == ("RUNNING", "gpu", "vm")
+    assert (row["state"], row["partition"], row["node"]) == ("RUNNING", "gpu", prov.node)
     assert row["time_limit"] == "15:00"
     show = scontrol("show", "job", "-d", prov.job_id)
     assert "gres/gpu=1" in show or "gres:gpu:1" in show
@@ -96,14 +96,16 @@ async def test_start_and_execute_in_the_image_as_a_step_of_the_job(
     assert conn.parent == state_dir
     assert state_dir.stat().st_mode & 0o777 == 0o700
     assert conn.stat().st_mode & 0o777 == 0o600
-    assert json.loads(conn.read_text())["ip"] == slurm_cluster.node_addr
+    assert json.loads(conn.read_text())["ip"] == prov.node_ip
     assert Path(prov.files["log"]).exists()
 
     # one INFO line per lifecycle step, with the job id
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any(f"submitted Slurm job {prov.job_id}" in m and "--gres=gpu:1" in m for m in lines)
-    assert any(f"Slurm job {prov.job_id} running on vm" in m for m in lines)
-    assert any(f"as a step of Slurm job {prov.job_id} on vm (127.0.0.1)" in m for m in lines)
+    assert any(f"Slurm job {prov.job_id} running on {prov.node}" in m for m in lines)
+    assert any(
+        f"as a step of Slurm job {prov.job_id} on {prov.node} ({prov.node_ip})" in m for m in lines
+    )
 
 
 async def test_every_slurm_trait_reaches_sbatch_and_output_reaches_the_log(
@@ -327,7 +329,11 @@ async def test_cli_installed_slurm_kernelspec_starts_on_the_cluster(
     os.path.exists("/proc/driver/nvidia/version"), reason="the test node has an NVIDIA driver"
 )
 async def test_enforce_judges_the_allocated_node_and_gives_the_job_back(
-    slurm_spec: Any, jupyter_dirs: dict[str, Path], state_dir: Path, caplog: Any
+    slurm_spec: Any,
+    slurm_cluster: Any,
+    jupyter_dirs: dict[str, Path],
+    state_dir: Path,
+    caplog: Any,
 ) -> None:
     """The verdict uses the node's facts (a probe step in the job), not the server's."""
     name = slurm_spec("kp-slurm-enforce", compat_check="enforce")
@@ -335,10 +341,12 @@ async def test_enforce_judges_the_allocated_node_and_gives_the_job_back(
     caplog.set_level(logging.INFO)
     with pytest.raises(DriverIncompatible) as e:
         await km.start_kernel(kernel_id=new_kernel_id(), cwd=str(jupyter_dirs["work"]))
-    assert "kp-test.sif needs an NVIDIA GPU (CUDA 9.2) but node vm has no NVIDIA driver" in str(
-        e.value
+    node = km.provisioner.node
+    assert node in slurm_cluster.nodes
+    assert f"kp-test.sif needs an NVIDIA GPU (CUDA 9.2) but node {node} has no NVIDIA driver" in (
+        str(e.value)
     )
-    assert any("node vm has NVIDIA driver none" in r.getMessage() for r in caplog.records)
+    assert any(f"node {node} has NVIDIA driver none" in r.getMessage() for r in caplog.records)
     job = km.provisioner.job_id or ""
     assert [j for j in squeue_jobs(f"kp-{km.kernel_id}") if j["state"] != "COMPLETED"] == []
     assert sorted(p.name for p in state_dir.iterdir() if not p.name.endswith(".log")) == [], job

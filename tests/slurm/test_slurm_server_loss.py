@@ -24,7 +24,7 @@ from kp_slurm import (
     run_cell,
     wait_until,
 )
-from slurm_cluster import ROOT, squeue_jobs, wait_job_state
+from slurm_cluster import ROOT, dead_controller_conf, squeue_jobs, wait_job_state
 
 from kernelprovider.slurm import SlurmQueue
 
@@ -53,14 +53,7 @@ def unreachable_controller(tmp_path: Path) -> str:
     Only this process's Slurm commands see it (through SLURM_CONF); the cluster itself, and
     everyone else using it, is untouched.
     """
-    lines = [
-        line
-        for line in Path("/etc/slurm/slurm.conf").read_text().splitlines()
-        if not line.startswith("SlurmctldPort")
-    ]
-    conf = tmp_path / "unreachable-slurm.conf"
-    conf.write_text("\n".join([*lines, "SlurmctldPort=6999", ""]))
-    return str(conf)
+    return dead_controller_conf(tmp_path)
 
 
 @pytest.mark.timeout(150)
@@ -89,7 +82,7 @@ async def test_allocation_ends_by_itself_when_the_server_is_killed(
 
 
 async def test_restarted_server_reattaches_from_the_record(
-    slurm_spec: Any, child_server: Any, state_dir: Path
+    slurm_spec: Any, child_server: Any, state_dir: Path, slurm_cluster: Any
 ) -> None:
     name = slurm_spec("kp-slurm-reattach", lease_seconds=24)
     proc, record = child_server(name)
@@ -97,7 +90,8 @@ async def test_restarted_server_reattaches_from_the_record(
     record = stored(record)
     job = record["job_id"]
     # the kernel's step (a GPU probe step may come before it)
-    assert re.fullmatch(rf"{job}\.\d+", record["step_id"]) and record["node"] == "vm"
+    assert re.fullmatch(rf"{job}\.\d+", record["step_id"])
+    assert record["node"] in slurm_cluster.nodes
     assert record["connection_file"] == str(state_dir / f"kernel-{record['kernel_id']}.json")
     assert "key" not in record["connection_info"]  # the key stays in the 0600 file
 
@@ -181,7 +175,7 @@ async def test_stale_record_never_touches_another_job(
     monkeypatch.setenv("SLURM_CONF", unreachable_controller)
     km4 = await reattach(km.kernel_name, stale)
     assert km4.provisioner.has_process and km4.provisioner.job_id == foreign
-    monkeypatch.delenv("SLURM_CONF")
+    monkeypatch.undo()  # back to the cluster's SLURM_CONF, set or not
     await km4.provisioner.kill()
     await km4.provisioner.cleanup()
     assert job_row(foreign)["state"] == "RUNNING"
@@ -225,7 +219,7 @@ async def test_polling_is_one_batched_squeue_per_interval(
     calls = queue.calls
     assert all(await asyncio.gather(*(km.is_alive() for km in attached)))
     assert queue.calls == calls + 1
-    monkeypatch.delenv("SLURM_CONF")
+    monkeypatch.undo()  # back to the cluster's SLURM_CONF, set or not
 
     # the controller restarts under running kernels: still alive, still working
     proc = await asyncio.create_subprocess_exec(

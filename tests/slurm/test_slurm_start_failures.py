@@ -134,7 +134,7 @@ async def test_job_held_by_an_admin_is_hopeless_and_cancelled(
         (
             {"partition": "gpuu"},
             'Slurm rejected the job: "Batch job submission failed: Invalid partition name '
-            'specified" (partition=gpuu). Partitions here: gpu, gpu-shared, held.',
+            'specified" (partition=gpuu). Partitions here: gpu, gpu-shared, held',
         ),
         (
             {"gpus": "8"},

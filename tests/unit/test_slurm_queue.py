@@ -25,7 +25,7 @@ class FakeSqueue:
         return self.rc, self.out, self.err
 
 
-ROW = "47|RUNNING|None|vm|2026-12-02T03:00:00|kp-k1|alice\n"
+ROW = "47|RUNNING|None|vm|2026-12-02T03:00:00|10:00|9:58|kp-k1|alice\n"
 
 
 async def test_concurrent_callers_share_one_squeue() -> None:
@@ -108,7 +108,7 @@ class Script:
 
 
 def row(state: str, reason: str = "None") -> tuple[int, str, str]:
-    return 0, f"47|{state}|{reason}|vm|N/A|kp-k1|alice\n", ""
+    return 0, f"47|{state}|{reason}|vm|N/A|10:00|10:00|kp-k1|alice\n", ""
 
 
 async def waiting(tmp_path: Path, script: Script) -> Any:

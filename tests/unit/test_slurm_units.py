@@ -37,13 +37,13 @@ from kernelprovider.slurm import (
 def test_parse_squeue_rows_as_slurm_prints_them() -> None:
     # verbatim shapes from docs/slurm-testenv.md: running, pending in `held`, cancelled
     text = (
-        "4|RUNNING|None|vm|2026-11-29T20:41:03|kp-abc|alice\n"
-        "42|PENDING|PartitionDown||N/A|kp-def|alice\n"
-        "43|CANCELLED|JobHeldAdmin||2026-11-29T20:54:14|kp-ghi|bob\n"
+        "4|RUNNING|None|vm|2026-11-29T20:41:03|8:00:00|7:59:12|kp-abc|alice\n"
+        "42|PENDING|PartitionDown||N/A|10:00|10:00|kp-def|alice\n"
+        "43|CANCELLED|JobHeldAdmin||2026-11-29T20:54:14|1-00:00:00|0:00|kp-ghi|bob\n"
     )
     jobs = parse_squeue(text)
     assert jobs["4"] == JobInfo(
-        "4", "RUNNING", "None", "vm", "2026-11-29T20:41:03", "kp-abc", "alice"
+        "4", "RUNNING", "None", "vm", "2026-11-29T20:41:03", "kp-abc", "alice", "8:00:00", "7:59:12"
     )
     assert jobs["42"].nodes == "" and jobs["42"].reason == "PartitionDown"
     assert not jobs["4"].finished and not jobs["42"].finished
@@ -51,7 +51,7 @@ def test_parse_squeue_rows_as_slurm_prints_them() -> None:
 
 
 def test_parse_squeue_names_with_separator_blank_and_short_lines() -> None:
-    text = "\n  7|RUNNING|None|vm|N/A|odd|name|with|bars|carol  \ngarbage\n8|PENDING\n"
+    text = "\n  7|RUNNING|None|vm|N/A|5:00|4:59|odd|name|with|bars|carol  \ngarbage\n8|PENDING\n"
     jobs = parse_squeue(text)
     assert list(jobs) == ["7"]
     assert jobs["7"].name == "odd|name|with|bars"
