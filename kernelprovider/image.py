@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _inside_frameworks
+from .aio import shared
 from .compat import FrameworkBuild, ImageFacts, parse_version
 from .errors import ImageNotFound, ImageNotReadable, NotAContainerImage, RuntimeNotFound
 
@@ -721,9 +722,26 @@ async def image_facts_async(
     key = await asyncio.to_thread(_image_key, path)
     disk = _cache_path(cache_file, use_disk_cache)
     cached = await asyncio.to_thread(_cache_get, key, look_inside, disk)
-    if cached is not None:
-        return _named(cached, path)
-    exe = _resolve_runtime(runtime)
+    if cached is None:
+        # Kernels started together on a cold cache share one inspect and one exec.
+        cached = _copy(
+            await shared(
+                ("image-facts", key, look_inside, disk, runtime, timeout),
+                lambda: _read_facts(path, key, runtime, timeout, look_inside, disk),
+            )
+        )
+    return _named(cached, path)
+
+
+async def _read_facts(
+    path: str,
+    key: tuple[str, int, int],
+    runtime: str,
+    timeout: float,
+    look_inside: bool,
+    disk: Path | None,
+) -> ImageFacts:
+    exe = await asyncio.to_thread(_resolve_runtime, runtime)
     try:
         rc, out, err = await _run_async(inspect_argv(exe, key[0]), timeout)
     except asyncio.TimeoutError as e:

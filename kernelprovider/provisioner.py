@@ -10,13 +10,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from typing import IO, Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, CaselessStrEnum, Dict, Float, List, TraitError, Unicode, validate
 
+from .aio import shared
 from .apptainer import (
     Bind,
     RuntimeInfo,
@@ -55,8 +55,11 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: Where apptainer --nv puts the host driver's libraries inside the container.
 NV_LIBS = "/.singularity.d/libs"
-_HOST_FACTS_TTL = 60.0
-_host_cache: tuple[float, HostFacts] | None = None
+#: (driver state, facts): kept until the loaded driver or the GPU device nodes change.
+_host_cache: tuple[tuple[str | None, tuple[str, ...]], HostFacts] | None = None
+#: How often the shell port is tried while a kernel starts (a refused connect costs
+#: microseconds; every interval is latency a user waits on average half of).
+LISTEN_POLL_S = 0.02
 
 
 #: The server's own Python settings; inside the image they point the image's Python at the
@@ -73,12 +76,33 @@ def drop_host_python(env: dict[str, str]) -> None:
         env.pop(name, None)
 
 
+def _driver_state() -> tuple[str | None, tuple[str, ...]]:
+    """What changes when the driver is upgraded or GPUs come and go: the loaded driver's
+    version line and the /dev/nvidiaN device nodes. Reading them costs a few syscalls."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8", errors="replace") as f:
+            version: str | None = f.readline().strip()
+    except OSError:
+        version = None
+    try:
+        devices = tuple(sorted(n for n in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", n)))
+    except OSError:
+        devices = ()
+    return version, devices
+
+
 async def local_host_facts() -> HostFacts:
-    """This host's driver and GPUs, probed in a thread and kept for a minute."""
+    """This host's driver and GPUs, probed in a thread (NVML or nvidia-smi) once and kept
+    while the driver and the GPU device nodes stay the same.
+
+    Called by every local start's GPU pre-flight: a start pays a look at
+    /proc/driver/nvidia/version, not an nvidia-smi run; starts on a cold cache share one probe.
+    """
     global _host_cache
-    now = time.monotonic()
-    if _host_cache is None or now - _host_cache[0] > _HOST_FACTS_TTL:
-        _host_cache = (now, await asyncio.to_thread(host_facts))
+    state = await asyncio.to_thread(_driver_state)
+    if _host_cache is None or _host_cache[0] != state:
+        facts = await shared(("host-facts", state), lambda: asyncio.to_thread(host_facts))
+        _host_cache = (state, facts)
     return _host_cache[1]
 
 
@@ -447,10 +471,15 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
                 f"Kernel {self.kernel_name or '?'} has no image configured. Set 'image' in "
                 "the kernelspec's kernel_provisioner config."
             )
-        check_image(self.image, self.kernel_name)
-        self.runtime_info = await find_runtime_async(self.runtime)
         binds = [*self.connection_binds(cwd), *self.user_binds()]
-        check_bind_sources(binds)
+
+        def checks() -> None:
+            # Filesystem work: a hung network filesystem must not stop the server's loop.
+            check_image(self.image, self.kernel_name)
+            check_bind_sources(binds)
+
+        await asyncio.to_thread(checks)
+        self.runtime_info = await find_runtime_async(self.runtime)
         return binds
 
     async def container_command(
@@ -569,7 +598,7 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
                     f"{self.ready_timeout:.0f} s. Raise ContainerProvisioner.ready_timeout if "
                     f"the image is slow to start. Last lines of its log:\n{tail}"
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(LISTEN_POLL_S)
 
     async def _discard_connection(self) -> None:
         # A failed start leaves no connection file (it holds the key) and no cached ports.
