@@ -381,11 +381,13 @@ COMPRESSION_COST = {
 
 @dataclass(frozen=True)
 class ImageCompression:
-    """How an image's root filesystem is stored: ``kind`` (sif, squashfs, sandbox, ext3) and
-    the squashfs ``compressor`` (gzip, xz, zstd, ...; None where there is none)."""
+    """How an image's root filesystem is stored: ``kind`` (sif, squashfs, sandbox, ext3), the
+    squashfs ``compressor`` (gzip, xz, zstd, ...; None where there is none) and the byte
+    ``offset`` of the root filesystem in the file (``unsquashfs -o``)."""
 
     kind: str
     compressor: str | None = None
+    offset: int = 0
 
 
 def _squashfs_compressor(head: bytes) -> str | None:
@@ -425,10 +427,10 @@ def image_compression(path: str) -> ImageCompression | None:
             f.seek(offset)
             comp = _squashfs_compressor(f.read(96))
             if comp is not None:
-                return ImageCompression("sif", comp)
+                return ImageCompression("sif", comp, offset)
             f.seek(offset + 1080)
             if f.read(2) == b"\x53\xef":
-                return ImageCompression("sif", None)
+                return ImageCompression("sif", None, offset)
     return ImageCompression("sif")
 
 

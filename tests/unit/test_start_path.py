@@ -89,7 +89,7 @@ def _sif(partition: bytes) -> bytes:
 def test_compression_of_a_sif_and_a_bare_squashfs(tmp_path: Path, cid: int, name: str) -> None:
     sif = tmp_path / "img.sif"
     sif.write_bytes(_sif(_superblock(cid) + bytes(200)))
-    assert image_compression(str(sif)) == ImageCompression("sif", name)
+    assert image_compression(str(sif)) == ImageCompression("sif", name, 8192)
     sqfs = tmp_path / "img.sqfs"
     sqfs.write_bytes(_superblock(cid) + bytes(200))
     assert image_compression(str(sqfs)) == ImageCompression("squashfs", name)
