@@ -738,10 +738,15 @@ class SlurmProvisioner(ContainerProvisioner):
         cwd = os.path.abspath(kwargs.pop("cwd", None) or os.getcwd())
         extra_arguments = kwargs.pop("extra_arguments", [])
         kwargs = await KernelProvisionerBase.pre_launch(self, **kwargs)
-        ensure_state_dir(self.state_dir)
-        check_state_files(self.files.values())
+
+        def state_files() -> None:
+            # Filesystem work on the shared state directory (often NFS): not on the loop.
+            ensure_state_dir(self.state_dir)
+            check_state_files(self.files.values())
+            self._prune_old_logs()
+
+        await asyncio.to_thread(state_files)
         binds = await self.check_launch(cwd)
-        self._prune_old_logs()
 
         self._new_job = False
         self._stopping = False
