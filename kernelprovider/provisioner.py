@@ -539,9 +539,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             ) from e
         try:
             binds = await self.check_launch(cwd)
-            argv, variables = await self.container_command(
-                self.inner_command(kwargs["cmd"]), cwd, binds, kwargs["env"]
-            )
+            inner = await self._kernel_side_file(self.inner_command(kwargs["cmd"]))
+            argv, variables = await self.container_command(inner, cwd, binds, kwargs["env"])
         except Exception:
             await self._discard_connection()
             raise
@@ -611,14 +610,69 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
                 )
             await asyncio.sleep(min(LISTEN_POLL_S * max(_waiting, 1), 0.25))
 
+    def kernel_file(self) -> str | None:
+        """The kernel's own name for the connection file: a hard link next to the manager's.
+
+        ipykernel up to 6.2x rewrites its connection file (remove, create, write) right after
+        it binds its ports, which is when :meth:`launch_kernel` returns and jupyter_client
+        reads the manager's file: a start under load could read it half-written
+        (JSONDecodeError). Under its own name the kernel replaces only its link; the
+        manager's file keeps the original, complete inode.
+        """
+        conn = getattr(self.parent, "connection_file", "") if self.parent else ""
+        if not conn:
+            return None
+        head, name = os.path.split(os.path.abspath(conn))
+        return os.path.join(head, f".{name}.kernel")
+
+    async def _kernel_side_file(self, inner: list[str]) -> list[str]:
+        """``inner`` with the connection file's path swapped for :meth:`kernel_file`.
+
+        Called by pre_launch. Where the filesystem has no hard links, the kernel gets the
+        manager's file as before.
+        """
+        conn = getattr(self.parent, "connection_file", "") if self.parent else ""
+        link = self.kernel_file()
+        if not conn or link is None or conn not in inner:
+            return inner
+
+        def make_link() -> bool:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            try:
+                os.link(conn, link)
+            except OSError:
+                return False
+            return True
+
+        if not await asyncio.to_thread(make_link):
+            return inner
+        return [link if a == conn else a for a in inner]
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Remove the kernel's link to the connection file (it holds the key), then let
+        LocalProvisioner return the ports; called by KernelManager after the kernel ended."""
+        link = self.kernel_file()
+        if link is not None:
+            await asyncio.to_thread(_unlink_quietly, link)
+        await super().cleanup(restart=restart)
+
     async def _discard_connection(self) -> None:
         # A failed start leaves no connection file (it holds the key) and no cached ports.
         km = self.parent
+        link = self.kernel_file()
+        if link is not None:
+            await asyncio.to_thread(_unlink_quietly, link)
         if km is not None and hasattr(km, "cleanup_connection_file"):
             km.cleanup_connection_file()
         if self.connection_info.get("shell_port"):
             await self.cleanup(restart=False)  # returns the cached ports
         self.ports_cached = False
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 async def listening(transport: str, ip: str, port: Any) -> bool:
