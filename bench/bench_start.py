@@ -119,7 +119,13 @@ async def start_ready(name: str, work: str, kernel_id: str | None = None) -> dic
 
     km = AsyncKernelManager(kernel_name=name)
     t0 = time.monotonic()
-    await km.start_kernel(cwd=work, kernel_id=kernel_id or f"{PREFIX}-{uuid.uuid4().hex[:10]}")
+    try:
+        await km.start_kernel(cwd=work, kernel_id=kernel_id or f"{PREFIX}-{uuid.uuid4().hex[:10]}")
+    except Exception:
+        # a start that failed after its process began (a burst's JSONDecodeError): end it
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+        raise
     t1 = time.monotonic()
     kc = km.client()
     kc.start_channels()
@@ -373,11 +379,15 @@ async def cold_checks_burst(image: str, count: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
-async def burst(name: str, work: str, count: int) -> list[float]:
-    ks = await asyncio.gather(*(start_ready(name, work) for _ in range(count)))
-    times = [k["ready"] for k in ks]
+async def burst(name: str, work: str, count: int) -> tuple[list[float], list[str]]:
+    """(start-to-ready of the starts that worked, one line per start that failed)."""
+    got = await asyncio.gather(
+        *(start_ready(name, work) for _ in range(count)), return_exceptions=True
+    )
+    ks = [k for k in got if isinstance(k, dict)]
+    failed = [f"{type(e).__name__}: {str(e)[:120]}" for e in got if isinstance(e, BaseException)]
     await asyncio.gather(*(stop(k) for k in ks))
-    return times
+    return [k["ready"] for k in ks], failed
 
 
 async def restart_times(name: str, work: str, reps: int) -> list[float]:
@@ -512,7 +522,7 @@ async def slurm_parts(
     print("  slurm login environment (slow profile) ...", flush=True)
     res["env"] = await login_env_cost(args.partition, max(1, args.image_reps - 1))
     print(f"  slurm burst of {args.burst} ...", flush=True)
-    res["burst"] = await burst("kpstart-slurm", work, args.burst)
+    res["burst"], res["burst_failed"] = await burst("kpstart-slurm", work, args.burst)
     return res
 
 
@@ -601,7 +611,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> int:
             print(f"    {label}: ready {med(entry['ready']):.2f} s", flush=True)
 
     print(f"4. burst of {args.burst} local starts ...", flush=True)
-    local_burst = await burst("kpstart-prov", work, args.burst)
+    local_burst, local_failed = await burst("kpstart-prov", work, args.burst)
     cold_one, cold_burst = await cold_checks_burst(image, args.burst)
 
     slurm: dict[str, Any] | None = None
@@ -659,6 +669,9 @@ async def bench(args: argparse.Namespace, tmp: Path) -> int:
         f"{os.cpu_count()} cores: {args.burst * single / (os.cpu_count() or 1):.1f} s of CPU-bound "
         "work per core if every start were CPU-bound"
     )
+    print(f"  local burst: {len(local_failed)} of {args.burst} starts failed")
+    for line in sorted(set(local_failed)):
+        print(f"    {line}")
     print(
         f"  cold caches (fresh server), checks only: 1 start {cold_one:.2f} s, "
         f"{args.burst} at once {cold_burst:.2f} s ({cold_burst / cold_one:.1f}x)"
@@ -679,6 +692,9 @@ async def bench(args: argparse.Namespace, tmp: Path) -> int:
         print(f"  login environment, user {SLOW_USER} with a {SLOW_PROFILE_S} s login profile:")
         for label, values in sorted(slurm["env"].items()):
             print(row("  " + label, values))
+        print(f"  slurm burst: {len(slurm['burst_failed'])} of {args.burst} starts failed")
+        for line in sorted(set(slurm["burst_failed"])):
+            print(f"    {line}")
         b = slurm["burst"]
         single = med(r["start_ready"])
         print(
