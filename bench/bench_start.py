@@ -113,8 +113,22 @@ def apptainer() -> str:
 # --- kernels -------------------------------------------------------------------------------
 
 
+#: Starts that failed and were tried again (e.g. a port another process took meanwhile:
+#: jupyter_client picks free ports, other servers on this host pick theirs at the same time).
+RETRIED: list[str] = []
+
+
 async def start_ready(name: str, work: str, kernel_id: str | None = None) -> dict[str, Any]:
-    """Start kernel ``name``; times of start_kernel's return (listening) and kernel_info."""
+    """Start kernel ``name``; times of start_kernel's return (listening) and kernel_info.
+    A start that fails is tried once more (and listed at the end); its time is not used."""
+    try:
+        return await _start_ready(name, work, kernel_id)
+    except Exception as e:
+        RETRIED.append(f"{name}: {type(e).__name__}: {str(e)[:100]}")
+        return await _start_ready(name, work, None)
+
+
+async def _start_ready(name: str, work: str, kernel_id: str | None) -> dict[str, Any]:
     from jupyter_client import AsyncKernelManager
 
     km = AsyncKernelManager(kernel_name=name)
@@ -129,7 +143,12 @@ async def start_ready(name: str, work: str, kernel_id: str | None = None) -> dic
     t1 = time.monotonic()
     kc = km.client()
     kc.start_channels()
-    await kc.wait_for_ready(timeout=180)
+    try:
+        await kc.wait_for_ready(timeout=180)
+    except Exception:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+        raise
     return {"km": km, "kc": kc, "t0": t0, "launched": t1 - t0, "ready": time.monotonic() - t0}
 
 
@@ -721,6 +740,9 @@ async def bench(args: argparse.Namespace, tmp: Path) -> int:
     ):
         verdict = "PASS" if value <= target else "MISS"
         print(f"{metric:44s} {value:10.3f}  <= {target:<7.2f} {verdict}")
+    print(f"starts tried again: {len(RETRIED)}")
+    for line in RETRIED:
+        print(f"  {line}")
     print(json.dumps({"start_ratio": round(start_ratio, 4), "rt_ratio": round(rt_ratio, 4)}))
     return 0
 
