@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -344,7 +345,8 @@ def ensure_state_dir(path: str) -> str:
                 f"cannot be changed ({e.strerror}); fix its permissions."
             ) from e
     # A real write, not os.access: root passes access() on a read-only or full filesystem.
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    # One name per thread: starts run this check concurrently, each in a thread of its own.
+    probe = os.path.join(path, f".write-test-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:

@@ -107,3 +107,16 @@ def test_the_note_names_the_cost_and_the_fix_for_xz() -> None:
     assert "xz" in note and "-comp zstd" in note
     assert "gzip" in compression_note(ImageCompression("sif", "gzip"))
     assert compression_note(ImageCompression("sandbox")).startswith("sandbox")
+
+
+def test_the_state_dir_check_runs_in_many_threads_at_once(tmp_path: Path) -> None:
+    """Slurm starts check the state directory in threads, 16 at a time in a burst."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kernelprovider.slurm import ensure_state_dir
+
+    state = tmp_path / "state"
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: ensure_state_dir(str(state)), range(64)))
+    assert results == [str(state)] * 64
+    assert list(state.iterdir()) == []  # every write test removed its own file
