@@ -56,7 +56,7 @@ from .compat import (
 )
 from .errors import KernelProviderError
 from .gpu import host_facts
-from .image import image_facts
+from .image import ImageCompression, compression_note, image_compression, image_facts
 from .kernelspec import PROVISIONER_NAME, SLURM_PROVISIONER_NAME, make_kernel_cmd
 
 __all__ = [
@@ -110,6 +110,8 @@ class KernelReport:
     notes: list[str] = field(default_factory=list)
     #: The node the report judged (None for reports made without one).
     host: HostFacts | None = None
+    #: How the image is stored (SIF/squashfs compressor, sandbox); None when unknown.
+    compression: ImageCompression | None = None
 
     @property
     def level(self) -> str:
@@ -377,6 +379,8 @@ def report_lines(report: KernelReport) -> list[str]:
     lines = [head]
     if report.kernel:
         lines.append(f"  Image: {report.image}")
+    if report.compression is not None:
+        lines.append(f"  Storage: {compression_note(report.compression)}")
     if report.facts is not None:
         lines += image_lines(report.facts, report.host)
     lines += launch_lines(report)
@@ -466,6 +470,13 @@ def report_dict(
                     "sources": dict(r.facts.sources),
                     "frameworks": [framework_dict(fw, host) for fw in r.facts.frameworks],
                     "cudart": list(r.facts.cudart),
+                },
+                "compression": None
+                if r.compression is None
+                else {
+                    "kind": r.compression.kind,
+                    "compressor": r.compression.compressor,
+                    "note": compression_note(r.compression),
                 },
                 "runtime": None if r.runtime is None else asdict(r.runtime),
                 "argv": list(r.argv),
@@ -597,6 +608,11 @@ def kernel_report(
     except KernelProviderError as e:
         image_ok = False
         _fail(report, "image", str(e))
+    if image_ok and not uri:
+        try:
+            report.compression = image_compression(prov.image)
+        except OSError:
+            pass  # check_image has just read it; a race is not doctor's business
     try:
         report.runtime = find_runtime(prov.runtime)
     except (KernelProviderError, OSError, subprocess.SubprocessError) as e:

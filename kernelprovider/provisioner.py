@@ -10,13 +10,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from typing import IO, Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, CaselessStrEnum, Dict, Float, List, TraitError, Unicode, validate
 
+from .aio import shared
 from .apptainer import (
     Bind,
     RuntimeInfo,
@@ -56,8 +56,14 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: Where apptainer --nv puts the host driver's libraries inside the container.
 NV_LIBS = "/.singularity.d/libs"
-_HOST_FACTS_TTL = 60.0
-_host_cache: tuple[float, HostFacts] | None = None
+#: (driver state, facts): kept until the loaded driver or the GPU device nodes change.
+_host_cache: tuple[tuple[str | None, tuple[str, ...]], HostFacts] | None = None
+#: How often the shell port is tried while one kernel starts: every interval is latency a
+#: user waits on average half of. Kernels starting together share this rate (a refused
+#: connect costs about 0.2 ms of CPU, which a burst of 16 starts on 2 cores should not pay
+#: 800 times a second): each polls every LISTEN_POLL_S x (kernels waiting), at most 0.25 s.
+LISTEN_POLL_S = 0.02
+_waiting = 0
 
 
 #: The server's own Python settings; inside the image they point the image's Python at the
@@ -74,12 +80,33 @@ def drop_host_python(env: dict[str, str]) -> None:
         env.pop(name, None)
 
 
+def _driver_state() -> tuple[str | None, tuple[str, ...]]:
+    """What changes when the driver is upgraded or GPUs come and go: the loaded driver's
+    version line and the /dev/nvidiaN device nodes. Reading them costs a few syscalls."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8", errors="replace") as f:
+            version: str | None = f.readline().strip()
+    except OSError:
+        version = None
+    try:
+        devices = tuple(sorted(n for n in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", n)))
+    except OSError:
+        devices = ()
+    return version, devices
+
+
 async def local_host_facts() -> HostFacts:
-    """This host's driver and GPUs, probed in a thread and kept for a minute."""
+    """This host's driver and GPUs, probed in a thread (NVML or nvidia-smi) once and kept
+    while the driver and the GPU device nodes stay the same.
+
+    Called by every local start's GPU pre-flight: a start pays a look at
+    /proc/driver/nvidia/version, not an nvidia-smi run; starts on a cold cache share one probe.
+    """
     global _host_cache
-    now = time.monotonic()
-    if _host_cache is None or now - _host_cache[0] > _HOST_FACTS_TTL:
-        _host_cache = (now, await asyncio.to_thread(host_facts))
+    state = await asyncio.to_thread(_driver_state)
+    if _host_cache is None or _host_cache[0] != state:
+        facts = await shared(("host-facts", state), lambda: asyncio.to_thread(host_facts))
+        _host_cache = (state, facts)
     return _host_cache[1]
 
 
@@ -448,10 +475,15 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
                 f"Kernel {self.kernel_name or '?'} has no image configured. Set 'image' in "
                 "the kernelspec's kernel_provisioner config."
             )
-        check_image(self.image, self.kernel_name)
-        self.runtime_info = await find_runtime_async(self.runtime)
         binds = [*self.connection_binds(cwd), *self.user_binds()]
-        check_bind_sources(binds)
+
+        def checks() -> None:
+            # Filesystem work: a hung network filesystem must not stop the server's loop.
+            check_image(self.image, self.kernel_name)
+            check_bind_sources(binds)
+
+        await asyncio.to_thread(checks)
+        self.runtime_info = await find_runtime_async(self.runtime)
         return binds
 
     async def container_command(
@@ -508,9 +540,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             ) from e
         try:
             binds = await self.check_launch(cwd)
-            argv, variables = await self.container_command(
-                self.inner_command(kwargs["cmd"]), cwd, binds, kwargs["env"]
-            )
+            inner = await self._kernel_side_file(self.inner_command(kwargs["cmd"]))
+            argv, variables = await self.container_command(inner, cwd, binds, kwargs["env"])
         except Exception:
             await self._discard_connection()
             raise
@@ -548,6 +579,14 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         return info
 
     async def _wait_until_listening(self) -> None:
+        global _waiting
+        _waiting += 1
+        try:
+            await self._poll_until_listening()
+        finally:
+            _waiting -= 1
+
+    async def _poll_until_listening(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
         ip = str(self.connection_info.get("ip") or "127.0.0.1")
@@ -570,16 +609,71 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
                     f"{self.ready_timeout:.0f} s. Raise ContainerProvisioner.ready_timeout if "
                     f"the image is slow to start. Last lines of its log:\n{tail}"
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(min(LISTEN_POLL_S * max(_waiting, 1), 0.25))
+
+    def kernel_file(self) -> str | None:
+        """The kernel's own name for the connection file: a hard link next to the manager's.
+
+        ipykernel up to 6.2x rewrites its connection file (remove, create, write) right after
+        it binds its ports, which is when :meth:`launch_kernel` returns and jupyter_client
+        reads the manager's file: a start under load could read it half-written
+        (JSONDecodeError). Under its own name the kernel replaces only its link; the
+        manager's file keeps the original, complete inode.
+        """
+        conn = getattr(self.parent, "connection_file", "") if self.parent else ""
+        if not conn:
+            return None
+        head, name = os.path.split(os.path.abspath(conn))
+        return os.path.join(head, f".{name}.kernel")
+
+    async def _kernel_side_file(self, inner: list[str]) -> list[str]:
+        """``inner`` with the connection file's path swapped for :meth:`kernel_file`.
+
+        Called by pre_launch. Where the filesystem has no hard links, the kernel gets the
+        manager's file as before.
+        """
+        conn = getattr(self.parent, "connection_file", "") if self.parent else ""
+        link = self.kernel_file()
+        if not conn or link is None or conn not in inner:
+            return inner
+
+        def make_link() -> bool:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            try:
+                os.link(conn, link)
+            except OSError:
+                return False
+            return True
+
+        if not await asyncio.to_thread(make_link):
+            return inner
+        return [link if a == conn else a for a in inner]
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Remove the kernel's link to the connection file (it holds the key), then let
+        LocalProvisioner return the ports; called by KernelManager after the kernel ended."""
+        link = self.kernel_file()
+        if link is not None:
+            await asyncio.to_thread(_unlink_quietly, link)
+        await super().cleanup(restart=restart)
 
     async def _discard_connection(self) -> None:
         # A failed start leaves no connection file (it holds the key) and no cached ports.
         km = self.parent
+        link = self.kernel_file()
+        if link is not None:
+            await asyncio.to_thread(_unlink_quietly, link)
         if km is not None and hasattr(km, "cleanup_connection_file"):
             km.cleanup_connection_file()
         if self.connection_info.get("shell_port"):
             await self.cleanup(restart=False)  # returns the cached ports
         self.ports_cached = False
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 async def probe_port(ip: str, port: Any, timeout: float = 0.5) -> str:

@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -363,7 +364,8 @@ def ensure_state_dir(path: str) -> str:
                 f"cannot be changed ({e.strerror}); fix its permissions."
             ) from e
     # A real write, not os.access: root passes access() on a read-only or full filesystem.
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    # One name per thread: starts run this check concurrently, each in a thread of its own.
+    probe = os.path.join(path, f".write-test-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -780,10 +782,15 @@ class SlurmProvisioner(ContainerProvisioner):
         cwd = os.path.abspath(kwargs.pop("cwd", None) or os.getcwd())
         extra_arguments = kwargs.pop("extra_arguments", [])
         kwargs = await KernelProvisionerBase.pre_launch(self, **kwargs)
-        ensure_state_dir(self.state_dir)
-        check_state_files(self.files.values())
+
+        def state_files() -> None:
+            # Filesystem work on the shared state directory (often NFS): not on the loop.
+            ensure_state_dir(self.state_dir)
+            check_state_files(self.files.values())
+            self._prune_old_logs()
+
+        await asyncio.to_thread(state_files)
         binds = await self.check_launch(cwd)
-        self._prune_old_logs()
 
         self._new_job = False
         self._stopping = False
