@@ -841,7 +841,12 @@ class SlurmProvisioner(ContainerProvisioner):
         if self._connection:
             # A restart: ipykernel removed F when the last kernel exited. Writing it back
             # makes the new kernel bind the same ports with the same key, so clients stay.
-            _write_connection_file(conn, self._connection)
+            await asyncio.to_thread(_write_connection_file, conn, self._connection)
+        else:
+            # A new allocation: an F left by a kernel that Slurm killed (scancel, time limit)
+            # names the old node's address and ports; ipykernel would load it and fail to
+            # bind them on another node. The new kernel writes its own.
+            await asyncio.to_thread(_unlink, conn)
         assert self.runtime_info is not None
         argv = [
             *build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args),
