@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import (
@@ -966,8 +966,12 @@ class SlurmProvisioner(ContainerProvisioner):
         self.connection_info = dict(self._connection)
         self.connection_info["key"] = self._connection["key"].encode()
         # KernelManager keeps F as its connection file: load it so its reconcile step finds
-        # the manager, the file and this info in agreement (and writes nothing itself).
+        # the manager, the file and this info in agreement (and writes nothing itself). Its
+        # ports are cleared first: load_connection_info keeps ports already set, and a kernel
+        # in a new allocation (a requeue) has new ones.
         if self.parent is not None:
+            for name in port_names:
+                setattr(self.parent, name, 0)
             self.parent.load_connection_info(self.connection_info)
         self._new_job = False
         self._kernel_started()
