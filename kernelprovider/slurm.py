@@ -795,6 +795,7 @@ class SlurmProvisioner(ContainerProvisioner):
         self._new_job = False
         self._stopping = False
         self._enter_queue()
+        loop_ends = False
         try:
             check, self._usable_check = self._usable_check, None
             if not await (check if check is not None else self._job_usable()):
@@ -803,14 +804,21 @@ class SlurmProvisioner(ContainerProvisioner):
                 self._new_job = True
             await self._wait_running()
             await self._locate_node()
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            # The server's loop ends under this start (Ctrl-C without a terminal lands here
+            # when it interrupts this coroutine): no await can finish any more, so the job
+            # stays marked as queued for cancel_queued_at_exit, which runs without a loop.
+            loop_ends = True
+            raise
         except BaseException as e:
             # Nobody calls cleanup() after a failed start: give the allocation back here.
             if self._new_job or isinstance(e, SlurmError):
                 await self._release()
             raise
         finally:
-            self._set_reason("")
-            self._waiting = False
+            if not loop_ends:
+                self._set_reason("")
+                self._waiting = False
 
         # The kernel on the node writes F itself (its own ports and key); the manager reads
         # it from there, so the key never travels through argv, Slurm or the environment.
