@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .aio import shared
 from .errors import (
     BindSourceNotFound,
     ImageNotFound,
@@ -379,8 +380,8 @@ def _runtime_from_output(path: str, rc: int, out: str) -> RuntimeInfo:
 
 def find_runtime(runtime: str = "auto") -> RuntimeInfo:
     """Find the runtime and its version (blocking; for the CLI). Cached by path and mtime."""
-    path = _which_runtime(runtime)
-    key = (path, os.stat(path).st_mtime)
+    key = _runtime_key(runtime)
+    path = key[0]
     if key not in _runtime_cache:
         proc = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=30, check=False
@@ -389,20 +390,33 @@ def find_runtime(runtime: str = "auto") -> RuntimeInfo:
     return _runtime_cache[key]
 
 
-async def find_runtime_async(runtime: str = "auto") -> RuntimeInfo:
-    """Like :func:`find_runtime`, for the provisioner's event loop (never blocks it)."""
+def _runtime_key(runtime: str) -> tuple[str, float]:
     path = _which_runtime(runtime)
-    key = (path, os.stat(path).st_mtime)
-    if key not in _runtime_cache:
-        proc = await asyncio.create_subprocess_exec(
-            path, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
-        except asyncio.TimeoutError as e:
-            proc.kill()
-            raise RuntimeNotFound(f"{path} --version did not answer within 30 s.") from e
-        _runtime_cache[key] = _runtime_from_output(
-            path, proc.returncode or 0, out.decode(errors="replace")
-        )
-    return _runtime_cache[key]
+    return path, os.stat(path).st_mtime
+
+
+async def find_runtime_async(runtime: str = "auto") -> RuntimeInfo:
+    """Like :func:`find_runtime`, for the provisioner's event loop (never blocks it).
+
+    PATH search and stat run in a thread; concurrent first calls share one ``--version``.
+    """
+    key = await asyncio.to_thread(_runtime_key, runtime)
+    hit = _runtime_cache.get(key)
+    if hit is not None:
+        return hit
+    return await shared(("runtime", key), lambda: _runtime_version(key))
+
+
+async def _runtime_version(key: tuple[str, float]) -> RuntimeInfo:
+    path = key[0]
+    proc = await asyncio.create_subprocess_exec(
+        path, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    except asyncio.TimeoutError as e:
+        proc.kill()
+        raise RuntimeNotFound(f"{path} --version did not answer within 30 s.") from e
+    info = _runtime_from_output(path, proc.returncode or 0, out.decode(errors="replace"))
+    _runtime_cache[key] = info
+    return info

@@ -574,10 +574,8 @@ def code_for_gpu(
     return "none", None
 
 
-def _framework_arch_verdicts(
-    name: str, host: HostFacts, frameworks: Sequence[FrameworkBuild]
-) -> list[Verdict]:
-    # One verdict per (framework, distinct compute capability).
+def _gpus_by_cc(host: HostFacts) -> list[tuple[tuple[int, int], list[str]]]:
+    """(compute capability, distinct GPU names) of ``host``, sorted; GPUs without one skipped."""
     by_cc: dict[tuple[int, int], list[str]] = {}
     for gpu in host.gpus:
         cc = _parse_cc(gpu.compute_capability)
@@ -586,10 +584,17 @@ def _framework_arch_verdicts(
         names = by_cc.setdefault(cc, [])
         if gpu.name not in names:
             names.append(gpu.name)
+    return sorted(by_cc.items())
+
+
+def _framework_arch_verdicts(
+    name: str, host: HostFacts, frameworks: Sequence[FrameworkBuild]
+) -> list[Verdict]:
+    # One verdict per (framework, distinct compute capability).
     return [
         _framework_arch_verdict(name, host.node, fw, cc, ", ".join(gpus))
         for fw in frameworks
-        for cc, gpus in sorted(by_cc.items())
+        for cc, gpus in _gpus_by_cc(host)
     ]
 
 
@@ -805,17 +810,9 @@ def _newer_than_table(
 
 def _arch_verdicts(image: ImageFacts, host: HostFacts, cuda_v: tuple[int, ...]) -> list[Verdict]:
     # One verdict per distinct compute capability: eight H200s are one finding.
-    by_cc: dict[tuple[int, int], list[str]] = {}
-    for gpu in host.gpus:
-        cc = _parse_cc(gpu.compute_capability)
-        if cc is None:
-            continue
-        names = by_cc.setdefault(cc, [])
-        if gpu.name not in names:
-            names.append(gpu.name)
     return [
         _arch_verdict(image.name, host.node, image.cuda or "", _mm(cuda_v), cc, ", ".join(names))
-        for cc, names in sorted(by_cc.items())
+        for cc, names in _gpus_by_cc(host)
     ]
 
 

@@ -12,11 +12,11 @@ import asyncio
 import os
 import re
 import sys
-import time
 from typing import Any
 
 from traitlets import TraitError, validate
 
+from .aio import shared
 from .apptainer import (
     Bind,
     RuntimeInfo,
@@ -43,16 +43,37 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: Where apptainer --nv puts the host driver's libraries inside the container.
 NV_LIBS = "/.singularity.d/libs"
-_HOST_FACTS_TTL = 60.0
-_host_cache: tuple[float, HostFacts] | None = None
+#: (driver state, facts): kept until the loaded driver or the GPU device nodes change.
+_host_cache: tuple[tuple[str | None, tuple[str, ...]], HostFacts] | None = None
+
+
+def _driver_state() -> tuple[str | None, tuple[str, ...]]:
+    """What changes when the driver is upgraded or GPUs come and go: the loaded driver's
+    version line and the /dev/nvidiaN device nodes. Reading them costs a few syscalls."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8", errors="replace") as f:
+            version: str | None = f.readline().strip()
+    except OSError:
+        version = None
+    try:
+        devices = tuple(sorted(n for n in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", n)))
+    except OSError:
+        devices = ()
+    return version, devices
 
 
 async def local_host_facts() -> HostFacts:
-    """This host's driver and GPUs, probed in a thread and kept for a minute."""
+    """This host's driver and GPUs, probed in a thread (NVML or nvidia-smi) once and kept
+    while the driver and the GPU device nodes stay the same.
+
+    Called by every local start's GPU pre-flight: a start pays a look at
+    /proc/driver/nvidia/version, not an nvidia-smi run; starts on a cold cache share one probe.
+    """
     global _host_cache
-    now = time.monotonic()
-    if _host_cache is None or now - _host_cache[0] > _HOST_FACTS_TTL:
-        _host_cache = (now, await asyncio.to_thread(host_facts))
+    state = await asyncio.to_thread(_driver_state)
+    if _host_cache is None or _host_cache[0] != state:
+        facts = await shared(("host-facts", state), lambda: asyncio.to_thread(host_facts))
+        _host_cache = (state, facts)
     return _host_cache[1]
 
 

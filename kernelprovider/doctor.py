@@ -49,7 +49,7 @@ from .compat import (
     worst,
 )
 from .errors import KernelProviderError
-from .image import image_facts
+from .image import ImageCompression, compression_note, image_compression, image_facts
 from .kernelspec import (
     PROVISIONER_NAME,
     SLURM_PROVISIONER_NAME,
@@ -107,6 +107,8 @@ class KernelReport:
     notes: list[str] = field(default_factory=list)
     #: The node the report judged (None for reports made without one).
     host: HostFacts | None = None
+    #: How the image is stored (SIF/squashfs compressor, sandbox); None when unknown.
+    compression: ImageCompression | None = None
 
     @property
     def level(self) -> str:
@@ -374,6 +376,8 @@ def report_lines(report: KernelReport) -> list[str]:
     lines = [head]
     if report.kernel:
         lines.append(f"  Image: {report.image}")
+    if report.compression is not None:
+        lines.append(f"  Storage: {compression_note(report.compression)}")
     if report.facts is not None:
         lines += image_lines(report.facts, report.host)
     lines += launch_lines(report)
@@ -463,6 +467,13 @@ def report_dict(
                     "sources": dict(r.facts.sources),
                     "frameworks": [framework_dict(fw, host) for fw in r.facts.frameworks],
                     "cudart": list(r.facts.cudart),
+                },
+                "compression": None
+                if r.compression is None
+                else {
+                    "kind": r.compression.kind,
+                    "compressor": r.compression.compressor,
+                    "note": compression_note(r.compression),
                 },
                 "runtime": None if r.runtime is None else asdict(r.runtime),
                 "argv": list(r.argv),
@@ -592,6 +603,11 @@ def kernel_report(
     except KernelProviderError as e:
         image_ok = False
         _fail(report, "image", str(e))
+    if image_ok and not uri:
+        try:
+            report.compression = image_compression(prov.image)
+        except OSError:
+            pass  # check_image has just read it; a race is not doctor's business
     try:
         report.runtime = find_runtime(prov.runtime)
     except (KernelProviderError, OSError, subprocess.SubprocessError) as e:
@@ -677,9 +693,7 @@ def kernel_verdict(app: Any, name: str, host: HostFacts) -> tuple[str, str]:
     return level, reason
 
 
-def kernel_summary(
-    app: Any, name: str, host: HostFacts
-) -> tuple[str, str, list[FrameworkBuild]]:
+def kernel_summary(app: Any, name: str, host: HostFacts) -> tuple[str, str, list[FrameworkBuild]]:
     """(level, short reason, the image's frameworks) of installed kernel ``name`` on ``host``.
 
     Called by ``jupyter kernelprovider list`` (``app`` is the ListApp: its config and

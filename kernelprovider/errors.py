@@ -228,5 +228,7 @@ def named_hook(hook: _Hook) -> _Hook:
             return await hook(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
 class KernelUnreachable(KernelProviderError, ConnectionError):
     """The kernel listens on its node, but the server cannot connect to its ports (a firewall)."""

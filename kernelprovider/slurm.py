@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.connect import KernelConnectionInfo, port_names
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import (
@@ -340,7 +340,7 @@ def ensure_state_dir(path: str) -> str:
                 f"cannot be changed ({e.strerror}); fix its permissions."
             ) from e
     # A real write, not os.access: root passes access() on a read-only or full filesystem.
-    # Per thread too: starts of this process check the directory in parallel threads.
+    # One name per thread: starts run this check concurrently, each in a thread of its own.
     probe = os.path.join(path, f".write-test-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -733,6 +733,7 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         self._new_job = False
         self._stopping = False
         self._enter_queue()
+        loop_ends = False
         try:
             check, self._usable_check = self._usable_check, None
             if not await (check if check is not None else self._job_usable()):
@@ -741,14 +742,21 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
                 self._new_job = True
             await self._wait_running()
             await self._locate_node()
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            # The server's loop ends under this start (Ctrl-C without a terminal lands here
+            # when it interrupts this coroutine): no await can finish any more, so the job
+            # stays marked as queued for cancel_queued_at_exit, which runs without a loop.
+            loop_ends = True
+            raise
         except BaseException as e:
             # Nobody calls cleanup() after a failed start: give the allocation back here.
             if self._new_job or isinstance(e, SlurmError):
                 await self._release()
             raise
         finally:
-            self._set_reason("")
-            self._waiting = False
+            if not loop_ends:
+                self._set_reason("")
+                self._waiting = False
 
         # The kernel on the node writes F itself (its own ports and key); the manager reads
         # it from there, so the key never travels through argv, Slurm or the environment.
@@ -768,7 +776,20 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         if self._connection:
             # A restart: ipykernel removed F when the last kernel exited. Writing it back
             # makes the new kernel bind the same ports with the same key, so clients stay.
-            _write_connection_file(conn, self._connection)
+            await in_thread(
+                _write_connection_file,
+                conn,
+                self._connection,
+                timeout=self.fs_timeout,
+                what=f"State directory {self.state_dir}",
+            )
+        else:
+            # A new allocation: an F left by a kernel that Slurm killed (scancel, time limit)
+            # names the old node's address and ports; ipykernel would load it and fail to
+            # bind them on another node. The new kernel writes its own.
+            await in_thread(
+                _unlink, conn, timeout=self.fs_timeout, what=f"State directory {self.state_dir}"
+            )
         argv = plan.argv
         # srun hands its own environment to the step, so it gets a short allowlist plus
         # the plan's variables.
@@ -933,8 +954,12 @@ class SlurmProvisioner(SlurmOptions, ContainerMixin, KernelProvisionerBase):  # 
         self.connection_info = dict(self._connection)
         self.connection_info["key"] = self._connection["key"].encode()
         # KernelManager keeps F as its connection file: load it so its reconcile step finds
-        # the manager, the file and this info in agreement (and writes nothing itself).
+        # the manager, the file and this info in agreement (and writes nothing itself). Its
+        # ports are cleared first: load_connection_info keeps ports already set, and a kernel
+        # in a new allocation (a requeue) has new ones.
         if self.parent is not None:
+            for name in port_names:
+                setattr(self.parent, name, 0)
             self.parent.load_connection_info(self.connection_info)
         self._new_job = False
         self._kernel_started()

@@ -25,6 +25,8 @@
 #   KP_TEST_SUITE         suite of the test images      (default: the host's VERSION_CODENAME)
 #   KP_SQUASHFS_COMP      mksquashfs compressor         (default gzip; xz is ~30% smaller but
 #                         adds ~1.4 s to every `import ipykernel` in the container)
+#   KP_BENCH_IMAGES=1     also build kp-scipy.sif: ipykernel + Debian's numpy, scipy and pandas
+#                         (a large image for bench/bench_start.py; the tests do not need it)
 
 set -Eeuo pipefail
 
@@ -379,10 +381,12 @@ build_stage_ipykernel() {
     chroot_apt_install "$1" ipykernel /tmp/gdb-stub.deb python3-ipykernel
     rm -f "$1/tmp/gdb-stub.deb"
 }
+build_stage_scipy() { chroot_apt_install "$1" scipy python3-numpy python3-scipy python3-pandas; }
 stage_parent() {
     case "$1" in
         python3) echo minbase ;;
         ipykernel) echo python3 ;;
+        scipy) echo ipykernel ;;
     esac
 }
 
@@ -450,6 +454,7 @@ image_stage() {
         kp-noipykernel) echo python3 ;;
         kp-nopython) echo minbase ;;
         kp-frameworks) echo ipykernel ;;
+        kp-scipy) echo scipy ;;
     esac
 }
 
@@ -529,6 +534,12 @@ EOF
     KERNELPROVIDER_TEST 1
 EOF
             ;;
+        kp-scipy)
+            cat <<'EOF'
+    org.opencontainers.image.title kernelprovider bench image with numpy, scipy and pandas
+    KERNELPROVIDER_TEST 1
+EOF
+            ;;
     esac
     printf '\n%%environment\n'
     case "$name" in
@@ -595,6 +606,7 @@ ensure_host_packages
 ensure_apptainer
 ensure_framework_wheels
 for img in kp-test kp-noipykernel kp-nopython kp-frameworks; do ensure_image "$img"; done
+[ "${KP_BENCH_IMAGES:-0}" != 1 ] || ensure_image kp-scipy
 ensure_broken_images
 rmdir "$ROOTFS" 2>/dev/null || true
 

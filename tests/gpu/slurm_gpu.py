@@ -5,17 +5,21 @@ the cluster with real GPUs, the PyTorch image, its kernelspecs, a jupyter_server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from integration.test_server import Server, ws_execute
+from jupyter_client import AsyncKernelManager
+from kernel_helpers import run_cell
 from slurm_cluster import squeue_jobs
 
 from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
@@ -29,9 +33,11 @@ __all__ = [
     "gpu_cluster",
     "gpu_spec",
     "server",
+    "started_kernel",
     "torch_image",
     "fail_or_skip",
     "job_of",
+    "kernel_view",
     "run_cmd",
     "slurm_gpu_uuids",
     "wait_job",
@@ -179,11 +185,35 @@ def job_of(kernel_id: str) -> dict[str, str]:
 
 
 async def who_am_i(server: Server, kernel_id: str) -> dict[str, Any]:
+    """What kernel ``kernel_id`` sees, asked over ``server``'s websocket."""
     status, out = await ws_execute(server, kernel_id, WHO_AM_I)
     assert status == "ok", out
     seen = json.loads(out.strip().splitlines()[-1])
     print(f"kernel {kernel_id}: {json.dumps(seen)}")
     return seen
+
+
+async def kernel_view(kc: Any) -> dict[str, Any]:
+    """What the kernel behind client ``kc`` sees (WHO_AM_I's JSON line)."""
+    reply, out = await run_cell(kc, WHO_AM_I, timeout=120)
+    assert reply["status"] == "ok", out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@contextlib.asynccontextmanager
+async def started_kernel(name: str, cwd: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """Start kernelspec ``name`` as jupyter_client does; (manager, ready client); shut down
+    on exit, also when it never became ready (a Slurm kernel holds a job)."""
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=120)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
 
 
 @pytest.fixture

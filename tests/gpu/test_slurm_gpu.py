@@ -22,17 +22,17 @@ from typing import Any
 
 import pytest
 from integration.test_server import Server
-from jupyter_client import AsyncKernelManager
 from kernel_helpers import run_cell
 from slurm_cluster import squeue_jobs, wait_job_state
 from slurm_gpu import (
     MATMUL,
     OUT,
-    WHO_AM_I,
     compute_apps,
     job_of,
+    kernel_view,
     run_cmd,
     slurm_gpu_uuids,
+    started_kernel,
     wait_job,
     who_am_i,
 )
@@ -141,39 +141,22 @@ async def test_kernel_sees_only_its_allocated_gpu(
     if gpu == "nvccli" and not shutil.which("nvidia-container-cli"):
         pytest.skip("--nvccli needs nvidia-container-cli, which this machine does not have")
     name = gpu_spec(f"torch-{gpu}-{int(cleanenv)}", gpu=gpu, cleanenv=cleanenv)
-    km = AsyncKernelManager(kernel_name=name)
-    await km.start_kernel(cwd=str(jupyter_dirs["work"]))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=120)
-        reply, out = await run_cell(kc, WHO_AM_I, timeout=120)
-        assert reply["status"] == "ok", out
-        seen = json.loads(out.strip().splitlines()[-1])
+    async with started_kernel(name, jupyter_dirs["work"]) as (km, kc):
+        seen = await kernel_view(kc)
         print(f"gpu={gpu} cleanenv={cleanenv}: {json.dumps(seen)}")
         given = slurm_gpu_uuids(km.provisioner.job_id)
         assert seen["uuids"] == given
         assert seen["torch_devices"] == len(given)
         # Slurm's choice reached the container, also past --cleanenv
         assert seen["cuda_visible_devices"] is not None
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel(now=True)
 
 
 async def test_framework_cuda_matches_the_verdict_and_computes_on_the_gpu(
     gpu_cluster: dict[str, Any], gpu_spec: Any, jupyter_dirs: dict[str, Path]
 ) -> None:
     name = gpu_spec("torch-verdict")
-    km = AsyncKernelManager(kernel_name=name)
-    await km.start_kernel(cwd=str(jupyter_dirs["work"]))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=120)
-        reply, out = await run_cell(kc, WHO_AM_I, timeout=120)
-        assert reply["status"] == "ok", out
-        seen = json.loads(out.strip().splitlines()[-1])
+    async with started_kernel(name, jupyter_dirs["work"]) as (km, kc):
+        seen = await kernel_view(kc)
         prov = km.provisioner
         # the CUDA the verdicts judged is the CUDA PyTorch was built with
         assert prov.image_facts is not None
@@ -185,9 +168,6 @@ async def test_framework_cuda_matches_the_verdict_and_computes_on_the_gpu(
         print(out)
         assert reply["status"] == "ok", out
         assert "max abs error" in out
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel(now=True)
 
 
 async def test_notebook_through_nbclient_on_the_slurm_gpu_kernel(

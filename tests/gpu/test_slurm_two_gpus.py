@@ -17,9 +17,15 @@ from typing import Any
 
 import pytest
 from integration.test_server import Server, ws_execute
-from jupyter_client import AsyncKernelManager
-from kernel_helpers import run_cell
-from slurm_gpu import WHO_AM_I, job_of, run_cmd, slurm_gpu_uuids, wait_job, who_am_i
+from slurm_gpu import (
+    job_of,
+    kernel_view,
+    run_cmd,
+    slurm_gpu_uuids,
+    started_kernel,
+    wait_job,
+    who_am_i,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -85,31 +91,16 @@ async def test_each_kernel_sees_only_its_gpu(
     if gpu == "nvccli" and not shutil.which("nvidia-container-cli"):
         pytest.skip("--nvccli needs nvidia-container-cli, which this machine does not have")
     name = gpu_spec(f"torch2-{gpu}-{int(cleanenv)}", gpu=gpu, cleanenv=cleanenv)
-    kms = [AsyncKernelManager(kernel_name=name) for _ in range(2)]
-    clients = []
-    try:
-        for km in kms:
-            await km.start_kernel(cwd=str(jupyter_dirs["work"]))
-            kc = km.client()
-            kc.start_channels()
-            clients.append(kc)
-            await kc.wait_for_ready(timeout=120)
+    cwd = jupyter_dirs["work"]
+    async with started_kernel(name, cwd) as one, started_kernel(name, cwd) as two:
         seen = []
-        for km, kc in zip(kms, clients, strict=True):
-            reply, out = await run_cell(kc, WHO_AM_I, timeout=120)
-            assert reply["status"] == "ok", out
-            view = json.loads(out.strip().splitlines()[-1])
+        for km, kc in (one, two):
+            view = await kernel_view(kc)
             print(f"gpu={gpu} cleanenv={cleanenv}: {json.dumps(view)}")
             assert view["uuids"] == slurm_gpu_uuids(km.provisioner.job_id)
             assert view["torch_devices"] == 1
             seen.append(view["uuids"][0])
         assert seen[0] != seen[1]
-    finally:
-        for kc in clients:
-            kc.stop_channels()
-        for km in kms:
-            if km.has_kernel or km.provisioner is not None:
-                await km.shutdown_kernel(now=True)
 
 
 async def test_local_kernel_with_a_gpu_selection_sees_only_that_gpu(
@@ -123,20 +114,10 @@ async def test_local_kernel_with_a_gpu_selection_sees_only_that_gpu(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     for cleanenv in (False, True):
         name = install_kernel(f"torch-local-{int(cleanenv)}", torch_image, cleanenv=cleanenv)
-        km = AsyncKernelManager(kernel_name=name)
-        await km.start_kernel(cwd=str(jupyter_dirs["work"]))
-        kc = km.client()
-        kc.start_channels()
-        try:
-            await kc.wait_for_ready(timeout=120)
-            reply, out = await run_cell(kc, WHO_AM_I, timeout=120)
-            assert reply["status"] == "ok", out
-            view = json.loads(out.strip().splitlines()[-1])
+        async with started_kernel(name, jupyter_dirs["work"]) as (_, kc):
+            view = await kernel_view(kc)
             print(f"local cleanenv={cleanenv}: {json.dumps(view)}")
             assert view["uuids"] == [uuids[1]]
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel(now=True)
 
 
 async def test_a_two_gpu_kernel_computes_on_both(

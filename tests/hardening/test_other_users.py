@@ -221,7 +221,7 @@ def test_slurm_kernel_as_unprivileged_user(users, images, slurm_for_users) -> No
         state_dir=str(state),
         partition=slurm_for_users.default_partition,
         gpus="0",
-        time_limit="10:00",
+        time_limit="20:00",
         queue_timeout=60.0,
         lease_seconds=30,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -57,3 +58,25 @@ async def test_missing_cuda_dir(images, install_kernel, jupyter_dirs):
     km = AsyncKernelManager(kernel_name="cudadir")
     with pytest.raises(BindSourceNotFound, match="/software/cuda/9.2 does not exist"):
         await km.start_kernel(cwd=str(jupyter_dirs["work"]))
+
+
+def test_kernels_started_together_share_one_read_of_the_image(images, tmp_path) -> None:
+    """16 reads of a cold cache at once, as 16 kernels of a fresh server: the same facts for
+    every one of them, and the disk cache written by the one read they shared."""
+    import asyncio
+
+    from kernelprovider import image
+
+    cache = tmp_path / "facts.json"
+    image.clear_cache()
+
+    async def main() -> list:
+        return await asyncio.gather(
+            *(image.image_facts_async(str(images.test), cache_file=cache) for _ in range(16))
+        )
+
+    facts = asyncio.run(main())
+    assert {(f.cuda, f.tensorflow, f.name) for f in facts} == {("9.2", "1.8", "kp-test.sif")}
+    assert len({id(f) for f in facts}) == 16  # each caller gets its own copy
+    assert str(os.path.realpath(images.test)) in json.loads(cache.read_text())["images"]
+    image.clear_cache()

@@ -365,3 +365,30 @@ def test_list_shows_the_frameworks(images, install_kernel, jupyter_dirs) -> None
     assert "JAX 0.7.0: CUDA 12; code for sm_50" in row
     (doc,) = json.loads(cli("list", "--json").stdout)
     assert doc["frameworks"][0]["ptx"] == ["compute_120"]
+
+
+@pytest.mark.parametrize("comp", ["xz", "zstd"])
+def test_the_image_compression_and_what_it_costs(
+    apptainer, images, jupyter_dirs, tmp_path, comp
+) -> None:
+    """A SIF built by the real apptainer with -comp COMP: doctor names it, and for xz says
+    how to rebuild; the gzip test image reads as gzip."""
+    root = tmp_path / "root"
+    (root / ".singularity.d").mkdir(parents=True)
+    (root / "hello").write_text("hi\n")
+    sif = tmp_path / f"tiny-{comp}.sif"
+    build = subprocess.run(
+        [apptainer, "-q", "build", "--mksquashfs-args", f"-comp {comp}", str(sif), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    run = cli("doctor", str(sif), "--json", cwd=jupyter_dirs["work"])
+    (report,) = json.loads(run.stdout)["reports"]
+    assert report["compression"]["kind"] == "sif"
+    assert report["compression"]["compressor"] == comp
+    assert ("-comp zstd" in report["compression"]["note"]) == (comp == "xz")
+    text = cli("doctor", str(images.test), cwd=jupyter_dirs["work"]).stdout
+    assert "  Storage: sif, squashfs gzip" in text

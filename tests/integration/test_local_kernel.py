@@ -153,3 +153,25 @@ async def test_server_python_settings_stay_outside(
     finally:
         kc.stop_channels()
         await km.shutdown_kernel(now=True)
+
+
+async def test_kernels_started_together_all_come_up_and_leave_no_key(
+    images, install_kernel, jupyter_dirs
+) -> None:
+    """Six starts at once on two cores: each manager reads a complete connection file (the
+    kernel rewrites only its own link), every kernel answers, and after shutdown no file
+    with a key is left in the runtime directory."""
+    name = install_kernel("kp-burst", images.test, gpu="none")
+    started = await asyncio.gather(
+        *(start_kernel(name, jupyter_dirs["work"], timeout=120) for _ in range(6))
+    )
+    runtime = jupyter_dirs["runtime"]
+    for km, kc in started:
+        on_disk = json.loads(Path(km.connection_file).read_text())
+        assert on_disk["shell_port"] == km.shell_port
+        reply, out = await run_cell(kc, "print(6 * 7)")
+        assert out.strip() == "42", out
+    for km, kc in started:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    assert sorted(p.name for p in runtime.iterdir() if "kernel" in p.name) == []

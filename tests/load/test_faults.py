@@ -59,7 +59,7 @@ def slurm_kernel(images, install_kernel, slurm_cluster, tmp_path) -> Any:
             partition=slurm_cluster.default_partition,
             gpus="0",
             gpu="none",
-            time_limit="10:00",
+            time_limit="20:00",
             poll_interval=1.0,
             **config,
         )

@@ -307,3 +307,39 @@ async def test_scancel_from_outside_is_explained_and_follows_on_job_end(
         assert (status, out.strip()) == ("ok", "back")
         assert err.startswith(f"kernelprovider: {said}. This is a new kernel in a new job")
         await server.request("DELETE", f"/api/kernels/{kernel_id}")
+
+
+async def test_a_requeued_kernel_comes_up_on_another_node(
+    slurm_server, slurm_kernelspec, slurm_cluster
+) -> None:
+    """Slurm kills the kernel (its connection file stays behind, naming the old node's address
+    and ports); the new allocation lands on another node, where the kernel must not load it."""
+    from slurm_cluster import require_multi_node
+
+    require_multi_node(slurm_cluster)
+    server = slurm_server()
+    name = slurm_kernelspec("moved", time_limit="20:00")
+    kernel_id = (await server.request("POST", "/api/kernels", {"name": name}))["id"]
+    status, out, _ = await ws_run(server, kernel_id, "import socket; print(socket.gethostname())")
+    first = job_of(kernel_id, {"RUNNING"})
+    assert first is not None and out.strip() == first["node"]
+    # the old node takes no new job: the requeued one has to go elsewhere
+    subprocess.run(
+        ["scontrol", "update", f"nodename={first['node']}", "state=drain", "reason=kp-test"],
+        check=True,
+        timeout=30,
+    )
+    try:
+        subprocess.run(["scancel", first["id"]], check=True, timeout=30)
+        new = await wait_for(lambda: job_of(kernel_id, {"RUNNING"}), 60, "the requeued job")
+        assert new["id"] != first["id"] and new["node"] != first["node"]
+        where = "import socket; print(socket.gethostname())"
+        status, out, _ = await ws_run(server, kernel_id, where)
+        assert (status, out.strip()) == ("ok", new["node"])
+        await server.request("DELETE", f"/api/kernels/{kernel_id}")
+    finally:
+        subprocess.run(
+            ["scontrol", "update", f"nodename={first['node']}", "state=resume"],
+            check=False,
+            timeout=30,
+        )
