@@ -35,6 +35,28 @@ def host(driver: str | None, *ccs: str, names: tuple[str, ...] = ()) -> HostFact
     return HostFacts(node=NODE, driver=driver, gpus=gpus)
 
 
+def beyond_the_tables() -> dict[str, str]:
+    """Versions newer than every row of the data tables, computed from them, so that a row
+    added for a new CUDA, driver branch or TensorFlow release breaks no test."""
+    newest = max(parse_version(r.toolkit)[:2] for r in compat.cuda_releases())
+    branch = compat.newest_branch()
+    floor = compat.minor_compat()[newest[0]].min_driver
+    tf = max(compat.tensorflow_configs())
+    return {
+        "next_minor": f"{newest[0]}.{newest[1] + 1}",
+        "minor_after": f"{newest[0]}.{newest[1] + 2}",
+        "next_major": f"{newest[0] + 1}.0",
+        "newer_branch": f"{branch + 5}.10",  # a driver of a branch newer than any in the table
+        "top_branch": f"{branch}.43.02",  # a driver of the newest branch the table names
+        "floor": floor,  # the newest major's minor-version-compatibility floor
+        "below_floor": f"{parse_version(floor)[0] - 5}.57.08",
+        "next_tf": f"{tf[0]}.{tf[1] + 4}",
+    }
+
+
+BEYOND = beyond_the_tables()
+
+
 def only(verdicts: list[Verdict], check: str) -> Verdict:
     found = [v for v in verdicts if v.check == check]
     assert len(found) == 1, verdicts
@@ -132,7 +154,7 @@ def test_min_driver_for_cuda(cuda: str, driver: str) -> None:
     assert min_driver_for_cuda(cuda) == driver
 
 
-@pytest.mark.parametrize("cuda", ["6.5", "12.7", "13.4", "14.0"])
+@pytest.mark.parametrize("cuda", ["6.5", "12.7", BEYOND["next_minor"], BEYOND["next_major"]])
 def test_min_driver_for_cuda_unknown(cuda: str) -> None:
     assert min_driver_for_cuda(cuda) is None
 
@@ -251,13 +273,14 @@ def test_every_driver_row_names_a_source_the_file_describes() -> None:
         ("13.3", "610.43.02", "ok"),  # branch row R610
         ("13.3", "595.71.05", "warn"),  # below R610, above the 13.x floor
         ("13.3", "575.57.08", "fail"),  # below the 13.x floor
-        ("13.4", "615.10", "ok"),  # newer than the table, on a newer branch than any in it
-        ("13.4", "610.43.02", "warn"),  # newer than the table: minor-version compatibility
-        ("13.5", "580.65.06", "warn"),
-        ("13.4", "575.57.08", "fail"),
-        ("14.0", "615.10", "warn"),  # new major, driver newer than every known branch
-        ("14.0", "610.43.02", "fail"),  # new major on the newest known branch
-        ("14.0", "535.104.05", "fail"),
+        # newer than the driver table (computed from it, see beyond_the_tables)
+        (BEYOND["next_minor"], BEYOND["newer_branch"], "ok"),  # on a newer branch than any
+        (BEYOND["next_minor"], BEYOND["top_branch"], "warn"),  # minor-version compatibility
+        (BEYOND["minor_after"], BEYOND["floor"], "warn"),
+        (BEYOND["next_minor"], BEYOND["below_floor"], "fail"),
+        (BEYOND["next_major"], BEYOND["newer_branch"], "warn"),  # driver newer than all known
+        (BEYOND["next_major"], BEYOND["top_branch"], "fail"),  # on the newest known branch
+        (BEYOND["next_major"], "535.104.05", "fail"),
     ],
 )
 def test_driver_levels(cuda: str, driver: str, level: str) -> None:
@@ -308,10 +331,11 @@ def test_driver_older_than_every_cuda_gives_partition_hint_only() -> None:
 
 
 def test_unknown_future_major_cannot_be_checked_above_every_known_branch() -> None:
-    v = only(evaluate(image("14.0"), host("615.10")), "driver")
+    cuda, driver = BEYOND["next_major"], BEYOND["newer_branch"]
+    v = only(evaluate(image(cuda), host(driver)), "driver")
     assert v.level == "warn"
-    assert "CUDA 14.0" in v.reason and "cannot be checked" in v.reason
-    assert "615.10" in v.reason and NODE in v.reason
+    assert f"CUDA {cuda}" in v.reason and "cannot be checked" in v.reason
+    assert driver in v.reason and NODE in v.reason
 
 
 def _driver_of(minimum: str) -> str:
@@ -436,7 +460,7 @@ def test_one_arch_verdict_per_compute_capability() -> None:
         ("2.15", "12.3", "8.9", "warn"),
         ("2.12", "11.8", "8.6.0", "ok"),
         ("1.10", "9.0", "7", "ok"),  # 1.10 is not 1.1
-        ("2.22", "12.5", None, "warn"),  # newer than the table: untested
+        (BEYOND["next_tf"], "12.5", None, "warn"),  # newer than the table: untested
         ("0.12", "8.0", None, "warn"),
     ],
 )
@@ -456,7 +480,7 @@ def test_tf18_with_cuda92_names_the_tested_pair() -> None:
 
 
 def test_untested_tensorflow_says_so() -> None:
-    v = only(evaluate(image("12.5", tf="2.22"), host("580.159.04")), "tensorflow")
+    v = only(evaluate(image("12.5", tf=BEYOND["next_tf"]), host("580.159.04")), "tensorflow")
     assert "untested" in v.reason and "tested build configurations" in v.reason
 
 
