@@ -21,6 +21,8 @@ from .errors import (
     StateDirError,
     named_hook,
 )
+from .launch import LaunchContext
+from .offloop import in_thread
 
 __all__ = [
     "ContainerProvisioner",
@@ -135,8 +137,8 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
             ) from e
         try:
             await self.check_launch(cwd)
-            inner = await self._kernel_side_file(self.inner_command(kwargs["cmd"]))
-            plan = await self.plan_start(inner, cwd, kwargs["env"])
+            await self._make_kernel_file()
+            plan = await self.plan_start(self.inner_command(kwargs["cmd"]), cwd, kwargs["env"])
         except Exception:
             await self._discard_connection()
             raise
@@ -224,29 +226,35 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
         head, name = os.path.split(os.path.abspath(conn))
         return os.path.join(head, f".{name}.kernel")
 
-    async def _kernel_side_file(self, inner: list[str]) -> list[str]:
-        """``inner`` with the connection file's path swapped for :meth:`kernel_file`.
-
-        Called by pre_launch. Where the filesystem has no hard links, the kernel gets the
-        manager's file as before.
-        """
+    def launch_context(self, inner: list[str], *args: Any, **kwargs: Any) -> LaunchContext:
+        """The container context with the connection file's path swapped for
+        :meth:`kernel_file` in the kernel's argv: the plan pre_launch runs and doctor prints."""
         conn = getattr(self.parent, "connection_file", "") if self.parent else ""
-        link = self.kernel_file()
-        if not conn or link is None or conn not in inner:
-            return inner
+        own = self.kernel_file()
+        if conn and own:
+            inner = [own if a == conn else a for a in inner]
+        return super().launch_context(inner, *args, **kwargs)
 
-        def make_link() -> bool:
+    async def _make_kernel_file(self) -> None:
+        """Create :meth:`kernel_file`: a hard link to the manager's connection file, or a
+        private copy (0600) where the filesystem has no hard links. Called by pre_launch
+        after LocalProvisioner wrote the connection file."""
+        conn = getattr(self.parent, "connection_file", "") if self.parent else ""
+        own = self.kernel_file()
+        if not conn or own is None:
+            return
+
+        def make() -> None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(link)
+                os.unlink(own)
             try:
-                os.link(conn, link)
+                os.link(conn, own)
             except OSError:
-                return False
-            return True
+                fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with open(conn, "rb") as src, os.fdopen(fd, "wb") as dst:
+                    dst.write(src.read())
 
-        if not await asyncio.to_thread(make_link):
-            return inner
-        return [link if a == conn else a for a in inner]
+        await in_thread(make, timeout=self.fs_timeout, what=f"Connection file {conn}")
 
     async def cleanup(self, restart: bool = False) -> None:
         """Remove the kernel's link to the connection file (it holds the key), then let
