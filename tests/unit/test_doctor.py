@@ -478,7 +478,7 @@ def test_kernel_report_of_a_missing_image_and_runtime(monkeypatch) -> None:
     assert "Neither apptainer nor singularity is on PATH" in report.verdicts[1].reason
     assert report.argv[:3] == ["apptainer", "exec", "--nv"]
     assert report.argv[-6:-5] == ["/software/x.sif"]
-    assert report.argv[-1].endswith("kernel-KERNEL_ID.json")
+    assert report.argv[-1].endswith("/.kernel-KERNEL_ID.json.kernel")  # the kernel's own copy
     assert report.level == "fail"
 
 
