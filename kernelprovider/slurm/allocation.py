@@ -8,9 +8,10 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from ..compat import HostFacts
+from ..compat import GpuInfo, HostFacts
 from ..errors import (
     SlurmError,
     SlurmJobEnded,
@@ -536,3 +537,9 @@ class SlurmAllocation(JobClock):
                 callback()
             except Exception:
                 self.log.exception("Kernel %s: a 'dead' callback failed", self.kernel_id)
+
+
+def _facts_from_record(record: Mapping[str, Any]) -> HostFacts:
+    """The node facts a record stored (``asdict`` of :class:`HostFacts`), read back."""
+    gpus = [GpuInfo(**g) for g in record.get("gpus") or [] if isinstance(g, dict)]
+    return HostFacts(node=str(record.get("node") or ""), driver=record.get("driver"), gpus=gpus)

@@ -234,3 +234,23 @@ def rejection_message(
             "against 'sinfo' and your site's limits."
         )
     return msg
+
+
+def unreachable_message(
+    job_id: str | None, node: str | None, info: Mapping[str, Any], answer: str, cancelled: bool
+) -> str:
+    """What a user reads when the kernel listens on its node but the server cannot connect
+    (``answer`` from :func:`~kernelprovider.provisioner.probe_port`: 'silent' or 'refused')."""
+    why = (
+        "no answer within 3 s: a firewall drops the connection"
+        if answer == "silent"
+        else "connection refused although the kernel listens: a firewall rejects it"
+    )
+    then = f", then start the kernel again (job {job_id} was cancelled)."
+    return (
+        f"The kernel in Slurm job {job_id} runs on node {node}, but this server "
+        f"cannot connect to it at {info['ip']}:{info['shell_port']} ({why}); ask your "
+        f"admins to allow TCP connections from this host to ports 1024-65535 of {node} "
+        "(the kernel picks random ones), or set SlurmProvisioner.kernel_ip to an address "
+        "of the node that this host can reach" + (then if cancelled else ".")
+    )

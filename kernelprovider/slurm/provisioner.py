@@ -7,7 +7,7 @@ import dataclasses
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo, port_names
@@ -36,8 +36,8 @@ from ..options import (
     options_mixin,
 )
 from ..provisioner import explain_exit, probe_port
-from .allocation import SlurmAllocation
-from .commands import _REFUSED_GRACE, build_srun_argv, slurm_env
+from .allocation import SlurmAllocation, _facts_from_record
+from .commands import _REFUSED_GRACE, build_srun_argv, slurm_env, unreachable_message
 from .queue import run
 from .state import (
     _read_connection_file,
@@ -346,7 +346,11 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
                 if silent >= 2 or (
                     refused_since is not None and loop.time() - refused_since > _REFUSED_GRACE
                 ):
-                    raise KernelUnreachable(self._unreachable_message(info, answer))
+                    raise KernelUnreachable(
+                        unreachable_message(
+                            self.job_id, self.node, info, answer, cancelled=self._new_job
+                        )
+                    )
             code = self.process.poll() if self.process else 0
             if code is not None:
                 await asyncio.sleep(0.2)  # let srun flush its last lines into the log
@@ -362,21 +366,6 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
                     f"is slow to load.{self._log_note()}"
                 )
             await asyncio.sleep(0.05)
-
-    def _unreachable_message(self, info: Mapping[str, Any], answer: str) -> str:
-        why = (
-            "no answer within 3 s: a firewall drops the connection"
-            if answer == "silent"
-            else "connection refused although the kernel listens: a firewall rejects it"
-        )
-        then = f", then start the kernel again (job {self.job_id} was cancelled)."
-        return (
-            f"The kernel in Slurm job {self.job_id} runs on node {self.node}, but this server "
-            f"cannot connect to it at {info['ip']}:{info['shell_port']} ({why}); ask your "
-            f"admins to allow TCP connections from this host to ports 1024-65535 of {self.node} "
-            "(the kernel picks random ones), or set SlurmProvisioner.kernel_ip to an address "
-            "of the node that this host can reach" + (then if self._new_job else ".")
-        )
 
     # --- running kernel -------------------------------------------------------------------
 
@@ -513,6 +502,10 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
                 # the local srun of the step (what LocalProvisioner records for its process)
                 "pid": self.pid,
                 "pgid": self.pgid,
+                # the node's driver and GPUs: a restart after re-attaching needs no probe step
+                "node_facts": asdict(self._facts[1])
+                if self._facts is not None and self._facts[0] == self.job_id
+                else None,
             }
         )
         return info
@@ -553,6 +546,9 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
             return
         self._attached = True
         self._cwd = provisioner_info.get("cwd") or self._cwd
+        facts = provisioner_info.get("node_facts")
+        if isinstance(facts, dict):
+            self._facts = (self.job_id, _facts_from_record(facts))
         km = self.parent
         if km is not None and not getattr(km, "_launch_args", None):
             # KernelManager restarts with the arguments of its last start_kernel, which this

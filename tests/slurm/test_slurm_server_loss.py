@@ -125,11 +125,6 @@ async def test_restarted_server_reattaches_from_the_record(
     assert list(state_dir.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 12: on the multi-node test cluster the restart's GPU probe step sometimes "
-    "gets no answer from srun within 60 s (passes when run alone)",
-)
 async def test_a_reattached_kernel_restarts_in_its_job(
     slurm_spec: Any, child_server: Any, state_dir: Path
 ) -> None:
