@@ -26,8 +26,7 @@ from __future__ import annotations
 from ..compat import ImageFacts
 from .cache import clear_cache, default_cache_file
 from .compression import COMPRESSION_COST, ImageCompression, compression_note, image_compression
-from .facts import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT  # not in __all__, as before
-from .facts import image_facts, image_facts_async
+from .facts import DEFAULT_TIMEOUT, image_facts, image_facts_async
 from .inside import (
     FRAMEWORKS_SCRIPT,
     INSIDE_SCRIPT,
@@ -48,6 +47,7 @@ from .metadata import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "FRAMEWORKS_SCRIPT",
     "INSIDE_SCRIPT",
     "ImageFacts",
