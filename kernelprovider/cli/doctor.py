@@ -16,7 +16,6 @@ from ..apptainer import is_image_uri
 from ..compat import HostFacts
 from ..doctor import (
     KernelReport,
-    _fail,
     exit_status,
     host_lines,
     hypothetical_host,
@@ -26,6 +25,7 @@ from ..doctor import (
     report_lines,
     summary_lines,
 )
+from ..doctor.report import _fail
 from ..gpu import host_facts
 from ..kernelspec import container_kernelspecs
 from .base import KernelSpecApp

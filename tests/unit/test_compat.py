@@ -185,7 +185,8 @@ def test_tables_load_with_their_source_comments_skipped() -> None:
     assert all(not r.release.startswith("#") for r in releases)
     drivers = [parse_version(r.min_driver) for r in releases]
     assert all(
-        compat._key(a) <= compat._key(b) for a, b in zip(drivers, drivers[1:], strict=False)
+        compat.versions._key(a) <= compat.versions._key(b)
+        for a, b in zip(drivers, drivers[1:], strict=False)
     ), "NVIDIA's minimums never go down from one release to the next"
     assert {m: c.min_driver for m, c in compat.minor_compat().items()} == {
         11: "450.80.02",
