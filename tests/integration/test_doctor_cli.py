@@ -66,7 +66,7 @@ def test_the_command_is_the_one_a_start_would_run(images, apptainer, jupyter_dir
         runtime.startswith(f"  Runtime: {apptainer} (apptainer ")
     )
     command = next(ln for ln in run.stdout.splitlines() if ln.startswith("  Command: "))
-    conn = jupyter_dirs["runtime"] / "kernel-KERNEL_ID.json"
+    conn = jupyter_dirs["runtime"] / ".kernel-KERNEL_ID.json.kernel"  # the kernel's own copy
     assert command.endswith(
         f" exec --nv --bind {jupyter_dirs['runtime']} --bind '{work}' --pwd '{work}' "
         f"{images.test} python3 -m ipykernel_launcher -f {conn}"
