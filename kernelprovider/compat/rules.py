@@ -13,7 +13,7 @@ from .arch import _arch_verdicts, _framework_arch_verdicts
 from .driver import _driver_verdict
 from .facts import FrameworkBuild, HostFacts, ImageFacts, Verdict
 from .tables import tensorflow_configs
-from .versions import _fmt, _key, _mm, cudart_soname, parse_version
+from .versions import _fmt, _key, _mm, cudart_soname, is_version, parse_version
 
 
 def evaluate(image: ImageFacts, host: HostFacts) -> list[Verdict]:
@@ -27,7 +27,7 @@ def evaluate(image: ImageFacts, host: HostFacts) -> list[Verdict]:
     Called by the provisioner before every launch (Slurm: once the node is known) and by
     ``jupyter kernelprovider doctor``. Pure; never raises for an incompatible pair.
     """
-    gpu_builds = [f for f in image.frameworks if f.gpu_build and f.cuda and _is_version(f.cuda)]
+    gpu_builds = [f for f in image.frameworks if f.gpu_build and f.cuda and is_version(f.cuda)]
     cpu_only = [_cpu_only_verdict(image.name, f) for f in image.frameworks if f.gpu_build is False]
     cuda = image.cuda
     if not cuda and gpu_builds:
@@ -75,14 +75,6 @@ def evaluate(image: ImageFacts, host: HostFacts) -> list[Verdict]:
     return verdicts
 
 
-def _is_version(text: str) -> bool:
-    try:
-        parse_version(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _cpu_only_verdict(name: str, fw: FrameworkBuild) -> Verdict:
     where = f" ({fw.facts_from})" if fw.facts_from else ""
     return Verdict(
@@ -109,7 +101,7 @@ def _runtime_verdict(image: ImageFacts, fw: FrameworkBuild) -> Verdict:
             f"matches its {fw.name} build.",
             "framework",
         )
-    if not have and image.cuda and _is_version(image.cuda):
+    if not have and image.cuda and is_version(image.cuda):
         declared = cudart_soname(image.cuda)
         if declared != need:
             return Verdict(

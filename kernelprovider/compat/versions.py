@@ -44,6 +44,15 @@ def _key(v: Sequence[int]) -> tuple[int, ...]:
     return tuple(t)
 
 
+def is_version(text: str) -> bool:
+    """True when ``text`` parses as a version (``12.4``, ``580.159.04``)."""
+    try:
+        parse_version(text)
+    except ValueError:
+        return False
+    return True
+
+
 def version_at_least(version: str, minimum: str) -> bool:
     """``version >= minimum`` for driver or CUDA versions of any number of parts."""
     return _key(parse_version(version)) >= _key(parse_version(minimum))

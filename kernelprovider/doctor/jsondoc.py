@@ -9,8 +9,9 @@ from dataclasses import asdict
 from typing import Any
 
 from ..compat import FrameworkBuild, HostFacts, Verdict, cuda_for_driver, worst
+from ..compat.versions import is_version
 from ..image import compression_note
-from .model import KernelReport, _is_version, _on_gpus, short_reason
+from .model import KernelReport, _on_gpus, short_reason
 
 
 def framework_dict(fw: FrameworkBuild, host: HostFacts | None = None) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def report_dict(
             "node": host.node,
             "driver": host.driver,
             "cuda_supported": cuda_for_driver(host.driver)
-            if host.driver and _is_version(host.driver)
+            if host.driver and is_version(host.driver)
             else None,
             "gpus": [
                 {

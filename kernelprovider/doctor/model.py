@@ -112,14 +112,6 @@ def hypothetical_host(
     return host, given
 
 
-def _is_version(text: str) -> bool:
-    try:
-        parse_version(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _gpu_ccs(host: HostFacts | None) -> list[tuple[str, tuple[int, int]]]:
     seen: list[tuple[str, tuple[int, int]]] = []
     for gpu in host.gpus if host else []:

@@ -10,8 +10,9 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from ..compat import FrameworkBuild, GpuInfo, HostFacts, ImageFacts, Verdict, cuda_for_driver
+from ..compat.versions import is_version
 from ..image import compression_note
-from .model import NO_DRIVER, KernelReport, _is_version, _on_gpus, short_reason
+from .model import NO_DRIVER, KernelReport, _on_gpus, short_reason
 
 
 def format_argv(argv: Sequence[str]) -> str:
@@ -35,7 +36,7 @@ def host_lines(host: HostFacts, given: Mapping[str, str] | None = None) -> list[
     title = "Node (hypothetical)" if set(given) - {"node"} else "Node"
     lines = [f"{title}: {host.node}" + (" (from --node)" if "node" in given else "")]
     if host.driver:
-        supported = cuda_for_driver(host.driver) if _is_version(host.driver) else None
+        supported = cuda_for_driver(host.driver) if is_version(host.driver) else None
         extra = []
         if "driver" in given:
             extra.append(f"from {given['driver']}")
