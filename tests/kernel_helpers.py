@@ -7,13 +7,34 @@ Slurm, GPU and hardening tests alike.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from jupyter_client import AsyncKernelManager
 
-__all__ = ["start_kernel", "run_cell", "interrupt_running_cell"]
+__all__ = ["start_kernel", "run_cell", "interrupt_running_cell", "still_running"]
+
+
+async def still_running(procs: Iterable[psutil.Process], timeout: float = 15) -> list:
+    """Wait until every process of ``procs`` has ended (zombies count as ended); return the
+    ones still running after ``timeout`` s (an empty list when all are gone)."""
+
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in procs if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.05)
 
 
 async def start_kernel(name: str, cwd: Path, timeout: float = 60) -> tuple[Any, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 from jupyter_client import AsyncKernelManager
-from kernel_helpers import interrupt_running_cell, run_cell, start_kernel
+from kernel_helpers import interrupt_running_cell, run_cell, start_kernel, still_running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -102,9 +102,7 @@ async def test_shutdown_leaves_nothing(images, install_kernel, jupyter_dirs) -> 
     assert not processes_mentioning(key)
     kc.stop_channels()
     await km.shutdown_kernel()
-    await asyncio.sleep(0.5)
-    alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    assert await still_running(procs) == []
     assert processes_mentioning(conn_file) == []
     assert not Path(conn_file).exists()
     assert list(jupyter_dirs["runtime"].glob("kernel-*.json")) == []

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from kernel_helpers import still_running  # noqa: E402
 from test_server import Server, ws_execute  # noqa: E402
 
 from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME  # noqa: E402
@@ -87,8 +88,7 @@ async def test_local_burst(images, install_kernel, jupyter_dirs, server) -> None
     install_kernel("tf18", images.test)
     single, times, _ = await burst(server, "tf18")
     report("local", single, times)
-    await asyncio.sleep(1)
-    assert [p for p in kernel_descendants(server) if p.status() != psutil.STATUS_ZOMBIE] == []
+    assert await still_running(kernel_descendants(server)) == []
     assert list(jupyter_dirs["runtime"].glob("kernel-*.json")) == []
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 from jupyter_client import AsyncKernelManager
-from kernel_helpers import start_kernel
+from kernel_helpers import start_kernel, still_running
 from needs import need_root
 from slurm_cluster import dead_controller_conf
 
@@ -132,8 +132,7 @@ async def test_killed_container_is_detected_and_restartable(images, install_kern
             await asyncio.sleep(0.1)
         assert not await km.is_alive()
         # the kernel under the runtime went with it
-        await asyncio.sleep(1)
-        assert [p for p in inside if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+        assert await still_running(inside) == []
         await km.restart_kernel(now=True)
         await kc.wait_for_ready(timeout=60)
         assert await cell(kc, "print('back')") == "back"
