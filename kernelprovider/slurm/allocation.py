@@ -8,11 +8,12 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..compat import GpuInfo, HostFacts
 from ..errors import (
+    FilesystemTimeout,
     SlurmError,
     SlurmJobEnded,
     SlurmJobFailed,
@@ -21,6 +22,7 @@ from ..errors import (
     SlurmSubmitError,
 )
 from ..gpu import PROBE_SCRIPT, parse_probe_output
+from ..offloop import in_thread
 from ..options import (
     sbatch_settings,
 )
@@ -39,6 +41,8 @@ from .commands import (
 )
 from .queue import LeaseKeeper, SlurmQueue, run
 from .state import _unlink, _user, tail_file
+
+T = TypeVar("T")
 
 
 class SlurmAllocation(JobClock):
@@ -138,10 +142,28 @@ class SlurmAllocation(JobClock):
         if km is not None and hasattr(km, "reason"):
             km.reason = reason
 
-    def _log_note(self) -> str:
+    async def _log_note(self) -> str:
         """' Last lines of its log (path): ...' when the kernel's log has any, else ''."""
-        tail = tail_file(self.files["log"])
+        try:
+            tail = await self._in_state_dir(tail_file, self.files["log"])
+        except FilesystemTimeout:
+            return f" Its log {self.files['log']} could not be read (the filesystem hangs)."
         return f" Last lines of its log ({self.files['log']}):\n{tail}" if tail else ""
+
+    async def _remove_quietly(self, path: str) -> None:
+        """Remove one of this kernel's files at its end; a hung filesystem leaves it there
+        with a warning (the job is gone already; an error would only stop the shutdown)."""
+        try:
+            await self._in_state_dir(_unlink, path)
+        except FilesystemTimeout as e:
+            self.log.warning("Kernel %s: %s is left behind: %s", self.kernel_id, path, e)
+
+    async def _in_state_dir(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on the shared state directory, in a thread with fs_timeout: a hung
+        filesystem fails this kernel's step (FilesystemTimeout), not the server's loop."""
+        return await in_thread(
+            func, *args, timeout=self.fs_timeout, what=f"State directory {self.state_dir}"
+        )
 
     # --- the allocation -------------------------------------------------------------------
 
@@ -171,7 +193,7 @@ class SlurmAllocation(JobClock):
         rc, out, err = await run(argv, input=script, timeout=60)
         if rc != 0:
             self.lease_keeper.discard(lease)
-            _unlink(lease)
+            await self._in_state_dir(_unlink, lease)
             raise SlurmSubmitError(await self._rejection_message(err.strip() or out.strip()))
         self.job_id = out.strip().split(";")[0]
         self.queue.register(self.job_id)
@@ -215,7 +237,7 @@ class SlurmAllocation(JobClock):
                 raise SlurmJobFailed(
                     f"Slurm job {self.job_id} for kernel {self.kernel_name} ended before it "
                     f"started (no longer in squeue). Check 'sacct -j {self.job_id}'."
-                    f"{self._log_note()}"
+                    f"{await self._log_note()}"
                 )
             if job is None:
                 if now - last_log >= self.pending_log_interval:
@@ -244,7 +266,7 @@ class SlurmAllocation(JobClock):
                         f"Slurm job {self.job_id} for kernel {self.kernel_name} ended as "
                         f"{state}{reason} before the kernel started. Check the job with "
                         f"'sacct -j {self.job_id}' or start the kernel again."
-                        f"{self._log_note()}"
+                        f"{await self._log_note()}"
                     )
                 if job.reason in HOPELESS_REASONS:
                     raise SlurmJobFailed(
@@ -325,7 +347,7 @@ class SlurmAllocation(JobClock):
             await self._confirm_gone()
             self.queue.unregister(self.job_id)
         for key in ("connection", "lease"):
-            _unlink(self.files[key])
+            await self._remove_quietly(self.files[key])
         self.job_id = self.step_id = None
         self._connection = None
         self._attached = False

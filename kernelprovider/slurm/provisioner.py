@@ -356,14 +356,14 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
                 await asyncio.sleep(0.2)  # let srun flush its last lines into the log
                 raise KernelStartError(
                     f"Slurm job {self.job_id} on {self.node}: "
-                    + explain_exit(code, tail_file(self.files["log"]))
+                    + explain_exit(code, await self._in_state_dir(tail_file, self.files["log"]))
                     + f"\n(full log: {self.files['log']})"
                 )
             if loop.time() > deadline:
                 raise KernelStartTimeout(
                     f"The kernel in Slurm job {self.job_id} on {self.node} did not start within "
                     f"{self.boot_timeout:.0f} s. Raise SlurmProvisioner.boot_timeout if the image "
-                    f"is slow to load.{self._log_note()}"
+                    f"is slow to load.{await self._log_note()}"
                 )
             await asyncio.sleep(0.05)
 
@@ -476,7 +476,7 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
             self._usable_check = None
         await self._release()
         if not self.keep_logs:
-            _unlink(self.files["log"])
+            await self._remove_quietly(self.files["log"])
 
     # --- persistence, timing --------------------------------------------------------------
 
