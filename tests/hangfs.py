@@ -52,6 +52,18 @@ def mounted(mountpoint: str | Path) -> bool:
     return False
 
 
+def _process_of(tid: int) -> int:
+    """The process (thread group) of thread ``tid``: FUSE names the calling thread."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return tid
+
+
 def _lines(path: Path) -> list[str]:
     try:
         return path.read_text().splitlines()
@@ -109,10 +121,13 @@ class HangFS:
         """Let every blocked operation go on; new ones answer at once."""
         self.flag.unlink(missing_ok=True)
 
-    def waited(self) -> list[str]:
+    def waited(self, pid: int | None = None) -> list[str]:
         """Paths (relative to the mount, with a leading /) of every operation that found
-        the filesystem hung, in order; an operation waits until :meth:`release`."""
-        return _lines(self.waited_log)
+        the filesystem hung, in order, of process ``pid`` or of every process; an operation
+        waits until :meth:`release`. The path is the one the operating system asked for
+        first: a lookup of a parent directory hangs before the file itself is reached."""
+        rows = [line.split(" ", 1) for line in _lines(self.waited_log)]
+        return [path for who, path in rows if pid is None or who == str(pid)]
 
     def pending(self) -> int:
         """How many operations still wait (after :meth:`release`, until they are answered)."""
@@ -232,7 +247,7 @@ def _serve(backing: str, mountpoint: str, flag: str) -> None:
         def _path(self, path: str) -> str:
             if os.path.exists(flag):
                 with open(waited, "a") as f:  # outside the mount: tests read who waited
-                    f.write(path + "\n")
+                    f.write(f"{_process_of(fuse.fuse_get_context()[2])} {path}\n")
                 while os.path.exists(flag):  # hung: wait as a dead NFS server's client would
                     time.sleep(POLL)
                 with open(resumed, "a") as f:
@@ -290,7 +305,21 @@ def _serve(backing: str, mountpoint: str, flag: str) -> None:
             return 0
 
         def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-            os.utime(self._path(path), ns=times) if times else os.utime(self._path(path))
+            real = self._path(path)
+            if times is None:
+                os.utime(real)
+                return 0
+            # libfuse passes UTIME_NOW/UTIME_OMIT in tv_nsec (tv_sec undefined) and mfusepy
+            # folds them into nanoseconds: (2**30 - 1) or (2**30 - 2) modulo 10**9.
+            st = os.lstat(real)
+            now = time.time_ns()
+            old = (st.st_atime_ns, st.st_mtime_ns)
+            special = {(2**30 - 1) % 10**9: None, (2**30 - 2) % 10**9: "omit"}
+            ns = []
+            for t, before in zip(times, old, strict=True):
+                kind = special.get(t % 10**9, t)
+                ns.append(now if kind is None else before if kind == "omit" else t)
+            os.utime(real, ns=(ns[0], ns[1]))
             return 0
 
         def truncate(self, path: str, length: int, fh: int | None = None) -> int:

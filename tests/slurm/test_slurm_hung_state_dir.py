@@ -11,6 +11,7 @@ fs_timeout and a next step, and no Slurm job is left for it.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ async def test_a_hung_state_directory_fails_its_start_and_the_server_keeps_servi
         )
 
         def start_is_stuck_on_the_mount() -> bool:
-            return start.done() or bool(hangfs.waited())
+            return start.done() or bool(hangfs.waited(os.getpid()))
 
         await wait_for(start_is_stuck_on_the_mount)
         assert not start.done(), "the start ended before it reached the hung mount"
@@ -64,7 +65,7 @@ async def test_a_hung_state_directory_fails_its_start_and_the_server_keeps_servi
     assert "try again" in message or "admins" in message  # a next step
     assert hung_km.provisioner is None or not hung_km.provisioner.job_id
     assert not squeue_jobs(f"kp-{kernel_id}", all_states=True), "a job was submitted"
-    assert hangfs.waited(), "nothing ever waited on the hung mount"
+    assert hangfs.waited(os.getpid()), "nothing of this process waited on the hung mount"
 
     # the filesystem comes back: the stuck thread finishes, the mount goes away cleanly
     hangfs.release()
@@ -72,3 +73,54 @@ async def test_a_hung_state_directory_fails_its_start_and_the_server_keeps_servi
     assert not mounted(hangfs.mountpoint)
     reply, out = await run_cell(kc, "print(6 * 7)")
     assert reply["status"] == "ok" and out.strip() == "42"
+
+
+async def start_on_the_mount(slurm_kernel: Any, hangfs: HangFS) -> tuple[Any, Any]:
+    """A Slurm kernel whose state directory is on the (not yet hung) mount; one cell run."""
+    km, kc = await slurm_kernel("kp-slurm-mount", state_dir=str(hangfs.mountpoint / "state"))
+    reply, out = await run_cell(kc, "print(1 + 1)")
+    assert reply["status"] == "ok" and out.strip() == "2"
+    return km, kc
+
+
+async def test_a_state_directory_that_hangs_under_a_running_kernel_leaves_the_loop_free(
+    slurm_kernel: Any, hangfs: HangFS
+) -> None:
+    _, kc = await slurm_kernel()  # healthy: its state directory is on the local disk
+    km, kc_mount = await start_on_the_mount(slurm_kernel, hangfs)
+    hangfs.hang()
+    with LoopWatch(hangfs):
+        # the lease keeper's next refresh (every lease_seconds / 3) reaches the hung mount
+        # and waits there, in a thread of this process
+
+        def the_lease_refresh_waits() -> bool:
+            return bool(hangfs.waited(os.getpid()))
+
+        await wait_for(the_lease_refresh_waits, timeout=km.provisioner.lease_seconds)
+        for client in (kc, kc_mount):  # both kernels answer: their sockets need no filesystem
+            reply, out = await run_cell(client, "print(6 * 7)")
+            assert reply["status"] == "ok" and out.strip() == "42"
+        assert await km.is_alive()  # poll asks Slurm, not the filesystem
+    hangfs.release()
+    reply, out = await run_cell(kc_mount, "print(7 * 7)")
+    assert reply["status"] == "ok" and out.strip() == "49"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the final cleanup removes the kernel's files on the event loop: "
+    "kernelprovider/slurm.py SlurmProvisioner._release calls _unlink (os.unlink) of the "
+    "connection file and lease, and SlurmProvisioner.cleanup that of the log, outside in_thread",
+)
+async def test_shutting_down_a_kernel_whose_state_directory_hangs_leaves_the_loop_free(
+    slurm_kernel: Any, hangfs: HangFS
+) -> None:
+    _, kc = await slurm_kernel()
+    km, _ = await start_on_the_mount(slurm_kernel, hangfs)
+    hangfs.hang()
+    with LoopWatch(hangfs):
+        stop = asyncio.ensure_future(km.shutdown_kernel(now=True))
+        reply, out = await run_cell(kc, "print(6 * 7)")  # while the shutdown waits
+        assert reply["status"] == "ok" and out.strip() == "42"
+        await stop
