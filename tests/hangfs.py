@@ -190,11 +190,15 @@ class LoopWatch:
         while not self._stop.wait(self.every):
             beat = threading.Event()
             self._loop.call_soon_threadsafe(beat.set)
-            if not beat.wait(self.limit):
-                frame = sys._current_frames().get(self._loop_thread)
-                self.blocked_at = "".join(traceback.format_stack(frame)) if frame else "?"
-                self.fs.release()
-                return
+            deadline = time.monotonic() + self.limit
+            while not beat.wait(POLL):
+                if self._stop.is_set():  # __exit__ runs on the loop: it cannot beat now
+                    return
+                if time.monotonic() > deadline:
+                    frame = sys._current_frames().get(self._loop_thread)
+                    self.blocked_at = "".join(traceback.format_stack(frame)) if frame else "?"
+                    self.fs.release()
+                    return
 
     def check(self) -> None:
         """Fail if the loop was found blocked."""
