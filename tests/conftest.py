@@ -17,7 +17,7 @@ from kernelprovider.kernelspec import (
     provisioner_config,
 )
 
-pytest_plugins = ["slurm_cluster"]
+pytest_plugins = ["slurm_cluster", "hangfs"]
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = Path(os.environ.get("KP_TEST_IMAGES", ROOT / "build" / "images"))

@@ -28,6 +28,7 @@ SETUP = {
     "browser": "run 'scripts/setup-hub.sh' as root",
     "root": "run the tests as root, as 'make test' does",
     "users": "run 'scripts/setup-users.sh' as root",
+    "fuse": "run 'make venv' (mfusepy) and 'make testenv' (fuse3, /dev/fuse)",
 }
 
 

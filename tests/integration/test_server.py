@@ -194,3 +194,37 @@ async def test_server_reports_a_missing_image(install_kernel, server) -> None:
     body = json.loads(e.value.response.body)
     assert "Image /software/images/gone.sif not found (kernel gone)" in body["message"]
     assert await server.request("GET", "/api/kernels") == []
+
+
+@pytest.mark.slurm
+async def test_server_reports_a_hung_state_directory_and_keeps_answering(
+    images: Any, install_kernel: Any, server: Server, slurm_cluster: Any, hangfs: Any
+) -> None:
+    """A Slurm kernel whose state directory hangs (tests/hangfs.py): the POST fails with the
+    directory's name while the server answers other requests."""
+    from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
+
+    hung_dir = hangfs.mountpoint / "state"
+    install_kernel(
+        "hung",
+        images.test,
+        provisioner=SLURM_PROVISIONER_NAME,
+        state_dir=str(hung_dir),
+        fs_timeout=5.0,
+        partition=slurm_cluster.default_partition,
+        gpus="0",
+    )
+    hangfs.hang()
+    start = asyncio.ensure_future(server.request("POST", "/api/kernels", {"name": "hung"}))
+    deadline = time.monotonic() + 60
+    while not start.done() and not hangfs.waited(server.proc.pid):  # the server's thread waits
+        assert time.monotonic() < deadline, "the start never reached the hung mount"
+        await asyncio.sleep(0.05)
+    assert not start.done()
+    specs = await server.request("GET", "/api/kernelspecs")  # answered while the start hangs
+    assert "hung" in specs["kernelspecs"]
+    with pytest.raises(HTTPClientError) as e:
+        await start
+    message = json.loads(e.value.response.body)["message"]
+    assert str(hung_dir) in message and "5 s" in message
+    assert await server.request("GET", "/api/kernels") == []
