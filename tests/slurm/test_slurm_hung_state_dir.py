@@ -106,14 +106,6 @@ async def test_a_state_directory_that_hangs_under_a_running_kernel_leaves_the_lo
     assert reply["status"] == "ok" and out.strip() == "49"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the final cleanup removes the kernel's files on the event loop: "
-    "kernelprovider/slurm/allocation.py _release calls _unlink (os.unlink) of the connection "
-    "file and lease, and kernelprovider/slurm/provisioner.py SlurmProvisioner.cleanup that of "
-    "the log, outside in_thread",
-)
 async def test_shutting_down_a_kernel_whose_state_directory_hangs_leaves_the_loop_free(
     slurm_kernel: Any, hangfs: HangFS
 ) -> None:
