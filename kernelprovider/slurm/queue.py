@@ -185,6 +185,7 @@ class LeaseKeeper:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.paths: set[str] = set()
+        self._busy: set[str] = set()  # leases whose refresh thread has not returned yet
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -215,15 +216,29 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while self.paths:
             await asyncio.sleep(self.interval)
-            for path in list(self.paths):
-                # A hung filesystem costs this round (the lease keeps its age; the next
-                # round tries again), never the loop.
-                try:
-                    await in_thread(os.utime, path, timeout=self.interval, what=f"Lease {path}")
-                except FilesystemTimeout:
-                    continue
-                except OSError:
-                    self.paths.discard(path)
+            # all leases at once: one on a hung filesystem does not delay the others
+            await asyncio.gather(*(self._refresh(p) for p in list(self.paths)))
+
+    async def _refresh(self, path: str) -> None:
+        # A hung filesystem costs this round (the lease keeps its age; the next round tries
+        # again), never the loop; and while a refresh still waits in its thread, no second
+        # thread is sent after it.
+        if path in self._busy:
+            return
+        self._busy.add(path)
+        try:
+            await in_thread(self._utime, path, timeout=self.interval, what=f"Lease {path}")
+        except FilesystemTimeout:
+            return
+        except OSError:
+            self.paths.discard(path)
+
+    def _utime(self, path: str) -> None:
+        """Refresh one lease; runs in a thread and marks the lease free when it returns."""
+        try:
+            os.utime(path)
+        finally:
+            self._busy.discard(path)
 
 
 def touch(path: str) -> None:

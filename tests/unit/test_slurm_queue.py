@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,43 @@ async def test_lease_keeper_drops_a_lease_that_vanished(tmp_path: Path) -> None:
     while keeper.paths and loop.time() < deadline:
         await asyncio.sleep(0.01)
     assert keeper.paths == set()
+
+
+class HungLease(LeaseKeeper):
+    """A keeper whose refresh of one lease blocks like a hung mount until released."""
+
+    def __init__(self, interval: float, hung: str) -> None:
+        super().__init__(interval)
+        self.hung, self.release, self.threads = hung, threading.Event(), 0
+
+    def _utime(self, path: str) -> None:
+        if path == self.hung:
+            self.threads += 1
+            self.release.wait(30)
+        super()._utime(path)
+
+
+async def test_a_hung_lease_gets_one_thread_and_does_not_hold_up_the_others(
+    tmp_path: Path,
+) -> None:
+    hung, fine = str(tmp_path / "hung.lease"), tmp_path / "fine.lease"
+    keeper = HungLease(0.05, hung)
+    await keeper.add(hung)
+    await keeper.add(str(fine))
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(3):  # three refreshes of the healthy lease while the other one hangs
+            old = fine.stat().st_mtime_ns - 10**9
+            os.utime(fine, ns=(old, old))
+            deadline = loop.time() + 10
+            while fine.stat().st_mtime_ns == old and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            assert fine.stat().st_mtime_ns > old
+        assert keeper.threads == 1 and hung in keeper.paths
+    finally:
+        keeper.release.set()
+        keeper.discard(hung)
+        keeper.discard(str(fine))
 
 
 # --- the allocation wait (SlurmProvisioner._wait_running), no KernelManager ------------------
