@@ -30,7 +30,7 @@ from .apptainer import (
     parse_bind,
 )
 from .compat import HostFacts, ImageFacts, Verdict, evaluate, evaluate_policy
-from .errors import DriverDirNotFound, DriverIncompatible, KernelProviderError
+from .errors import DriverDirNotFound, DriverIncompatible, KernelProviderError, no_image_error
 from .gpu import driver_dir_for, host_facts, visible_gpus
 from .image import image_facts_async
 from .launch import LaunchContext, LaunchPlan
@@ -314,10 +314,7 @@ class ContainerMixin(ContainerOptions):  # type: ignore[misc,valid-type]
         never answers or an allocation that waits for nothing.
         """
         if not self.image:
-            raise TraitError(
-                f"Kernel {self.kernel_name or '?'} has no image configured. Set 'image' in "
-                "the kernelspec's kernel_provisioner config."
-            )
+            raise no_image_error(self.kernel_name)
         await in_thread(
             check_image,
             self.image,

@@ -19,6 +19,7 @@ from traitlets import TraitError
 
 __all__ = [
     "KernelProviderError",
+    "no_image_error",
     "ImageNotFound",
     "ImageNotReadable",
     "NotAContainerImage",
@@ -148,6 +149,15 @@ class FilesystemTimeout(KernelProviderError, TimeoutError):
 
 class KernelConfigError(KernelProviderError, ValueError):
     """A kernel's provisioner config holds a value the provisioner refuses."""
+
+
+def no_image_error(kernel: str) -> KernelConfigError:
+    """The error of a kernel without an image: raised by a start, printed by doctor."""
+    return KernelConfigError(
+        f"Kernel {kernel or '?'} has no image configured. Set 'image' in the kernelspec's "
+        "kernel_provisioner config (or reinstall it with 'jupyter kernelprovider install "
+        "--image')."
+    )
 
 
 class HostNameError(KernelProviderError, OSError):

@@ -24,7 +24,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..apptainer import RuntimeInfo, check_bind_sources, check_image, find_runtime, is_image_uri
 from ..compat import FrameworkBuild, HostFacts, Verdict
-from ..errors import KernelProviderError
+from ..errors import KernelProviderError, no_image_error
 from ..image import image_compression, image_facts
 from ..kernelspec import (
     PROVISIONER_NAME,
@@ -131,12 +131,7 @@ def kernel_report(
     cwd = os.path.abspath(cwd or os.getcwd())
     env = dict(os.environ if env is None else env)
     if not prov.image:
-        _fail(
-            report,
-            "image",
-            f"Kernel {kernel or '?'} has no image configured. Set 'image' in the kernelspec's "
-            "kernel_provisioner config.",
-        )
+        _fail(report, "image", str(no_image_error(kernel or "")))
         return report
     uri = is_image_uri(prov.image)
     image_ok = True

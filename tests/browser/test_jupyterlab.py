@@ -360,3 +360,23 @@ def test_the_notebook_warns_before_the_end_and_says_why_the_job_ended(
         for job in jobs:
             if wait_job_state(job["id"], {"GONE"}, timeout=1) is None:
                 subprocess.run(["scancel", job["id"]], check=False, timeout=30)
+
+
+def test_a_kernel_that_cannot_start_shows_its_named_error_and_next_step(
+    install_kernel, jupyter_dirs, start_lab, browser_page
+) -> None:
+    # No image configured: the provisioner's TraitError becomes KernelConfigError, which
+    # jupyter_server answers with its text; JupyterLab shows that text, not "Unhandled error".
+    install_kernel("noimage", "", display_name="No image (broken)")
+    lab = start_lab(["noimage"])
+    page = browser_page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{lab.url}/lab?token={TOKEN}")
+    page.locator('.jp-LauncherCard[data-category="Notebook"][title="No image (broken)"]').click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for()
+    text = dialog.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-named-error.png"))
+    assert "noimage" in text and "has no image configured" in text, text
+    assert "kernel_provisioner" in text, text  # the next step: where to set it
+    assert "Unhandled error" not in text, text
