@@ -21,13 +21,12 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_slurm import ROOT, cancel_ours, new_kernel_id, sh, stop  # noqa: E402
+from bench_slurm import ROOT, cancel_ours, new_kernel_id, private_jupyter, sh, stop  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -123,14 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "nothing measured."
         )
         return 0
-    tmp = Path(tempfile.mkdtemp(prefix="kpbench-"))
-    for var, sub in [
-        ("JUPYTER_PATH", "prefix/share/jupyter"),
-        ("JUPYTER_DATA_DIR", "data"),
-        ("JUPYTER_RUNTIME_DIR", "runtime"),
-        ("JUPYTER_CONFIG_DIR", "config"),
-    ]:
-        os.environ[var] = str(tmp / sub)
+    tmp = private_jupyter("kpbench-")
     try:
         return asyncio.run(bench(args, tmp))
     finally:

@@ -469,6 +469,20 @@ async def cancel_ours() -> None:
         await sh("scancel", *ids)
 
 
+def private_jupyter(prefix: str) -> Path:
+    """A temporary directory of its own for Jupyter's paths (kernelspecs, runtime, data,
+    config), set in this process's environment; the caller removes it at the end."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    for var, sub in [
+        ("JUPYTER_PATH", "prefix/share/jupyter"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTER_CONFIG_DIR", "config"),
+    ]:
+        os.environ[var] = str(tmp / sub)
+    return tmp
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not shutil.which("sbatch"):
@@ -485,15 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="kpbench-"))
+    tmp = private_jupyter("kpbench-")
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # quiet local kernels' debugpy
-    for var, sub in [
-        ("JUPYTER_PATH", "prefix/share/jupyter"),
-        ("JUPYTER_DATA_DIR", "data"),
-        ("JUPYTER_RUNTIME_DIR", "runtime"),
-        ("JUPYTER_CONFIG_DIR", "config"),
-    ]:
-        os.environ[var] = str(tmp / sub)
     started = time.monotonic()
     try:
         results = asyncio.run(bench(args, tmp))

@@ -50,7 +50,7 @@ SLOW_USER = "kpbench15"
 SLOW_PROFILE_S = 2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_slurm import Stamps, sh  # noqa: E402  (shared with the Slurm benchmark)
+from bench_slurm import Stamps, private_jupyter, sh  # noqa: E402  (shared with the Slurm benchmark)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -759,18 +759,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(args.image).exists():
         print(f"Image {args.image} is missing; run 'make testenv' first.", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="kpstart-"))
+    tmp = private_jupyter("kpstart-")
     # (a) hands the server's whole environment to the container and (b) drops PYTHONPATH:
     # the server's Python path must not make the two sides differ.
     os.environ.pop("PYTHONPATH", None)
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
-    for var, sub in [
-        ("JUPYTER_PATH", "prefix/share/jupyter"),
-        ("JUPYTER_DATA_DIR", "data"),
-        ("JUPYTER_RUNTIME_DIR", "runtime"),
-        ("JUPYTER_CONFIG_DIR", "config"),
-    ]:
-        os.environ[var] = str(tmp / sub)
     started = time.monotonic()
     try:
         rc = asyncio.run(bench(args, tmp))
