@@ -31,6 +31,8 @@ __all__ = [
     "KernelPending",
     "StateDirError",
     "KernelUnreachable",
+    "TunnelError",
+    "EncryptionUnavailable",
 ]
 
 
@@ -130,3 +132,11 @@ class StateDirError(KernelProviderError, PermissionError):
 
 class KernelUnreachable(KernelProviderError, ConnectionError):
     """The kernel listens on its node, but the server cannot connect to its ports (a firewall)."""
+
+
+class TunnelError(KernelUnreachable):
+    """The SSH tunnel to a kernel's node (or login host) could not start or has ended."""
+
+
+class EncryptionUnavailable(KernelProviderError, RuntimeError):
+    """CurveZMQ encryption is required, but the server or the image's kernel lacks it."""

@@ -51,7 +51,8 @@ from .errors import (
     StateDirError,
 )
 from .gpu import PROBE_SCRIPT, parse_probe_output
-from .provisioner import ContainerProvisioner, explain_exit, probe_port
+from .provisioner import ContainerProvisioner, explain_exit
+from .transport import TransportMixin  # transport: SSH tunnel and CurveZMQ (issue 11)
 from .walltime import (
     END_ENV,
     KERNEL_HOOK,
@@ -618,7 +619,7 @@ def touch(path: str) -> None:
     os.utime(path)
 
 
-class SlurmProvisioner(ContainerProvisioner):
+class SlurmProvisioner(TransportMixin, ContainerProvisioner):  # transport: mixin
     """Runs the container kernel on a node that Slurm allocates, as a step of a held job.
 
     Lifecycle: pre_launch submits (or reuses) an allocation and waits for it; launch_kernel
@@ -791,6 +792,7 @@ class SlurmProvisioner(ContainerProvisioner):
 
         await asyncio.to_thread(state_files)
         binds = await self.check_launch(cwd)
+        await self.prepare_transport()  # transport: decide CurveZMQ before a job is queued
 
         self._new_job = False
         self._stopping = False
@@ -827,7 +829,8 @@ class SlurmProvisioner(ContainerProvisioner):
         km.connection_file = conn
         kernel_cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
         inner = [a.replace(os.path.realpath(conn), conn) for a in kernel_cmd]
-        inner = self.inner_command(inner) + [f"--ip={self.node_ip}"] + self.clock_argv(inner)
+        bind_ip = self.kernel_bind_ip(self.node_ip or "")  # transport: loopback when tunnelled
+        inner = self.inner_command(inner) + [f"--ip={bind_ip}"] + self.clock_argv(inner)
         # srun hands its own environment to the step, so it gets a short allowlist; the
         # kernelspec's "env" (already substituted by the base class) travels into the
         # container the same way container_env does.
@@ -855,6 +858,7 @@ class SlurmProvisioner(ContainerProvisioner):
             # names the old node's address and ports; ipykernel would load it and fail to
             # bind them on another node. The new kernel writes its own.
             await asyncio.to_thread(_unlink, conn)
+            await self.seed_connection_file(conn, bind_ip)  # transport: Curve pair, no key
         assert self.runtime_info is not None
         argv = [
             *build_srun_argv(self.job_id, self.step_name, cwd, self.srun_args),
@@ -971,7 +975,7 @@ class SlurmProvisioner(ContainerProvisioner):
             if self._new_job:
                 await self._release()
             raise
-        self.connection_info = dict(self._connection)
+        self.connection_info = self.server_connection(self._connection)  # transport: tunnel ports
         self.connection_info["key"] = self._connection["key"].encode()
         # KernelManager keeps F as its connection file: load it so its reconcile step finds
         # the manager, the file and this info in agreement (and writes nothing itself). Its
@@ -1003,7 +1007,7 @@ class SlurmProvisioner(ContainerProvisioner):
         while True:
             info = _read_connection_file(conn_file)
             if info:
-                answer = await probe_port(info["ip"], info["shell_port"], timeout=1.5)
+                answer = await self.probe_kernel(info)  # transport: direct or through ssh
                 if answer == "open":
                     return info
                 silent = silent + 1 if answer == "silent" else 0
@@ -1040,8 +1044,9 @@ class SlurmProvisioner(ContainerProvisioner):
             f"The kernel in Slurm job {self.job_id} runs on node {self.node}, but this server "
             f"cannot connect to it at {info['ip']}:{info['shell_port']} ({why}); ask your "
             f"admins to allow TCP connections from this host to ports 1024-65535 of {self.node} "
-            "(the kernel picks random ones), or set SlurmProvisioner.kernel_ip to an address "
-            "of the node that this host can reach" + (then if self._new_job else ".")
+            "(the kernel picks random ones), set SlurmProvisioner.kernel_ip to an address "
+            "of the node that this host can reach, or, where the node accepts SSH, set "
+            "SlurmProvisioner.tunnel='ssh'" + (then if self._new_job else ".")
         )
 
     def _log_note(self) -> str:
@@ -1242,6 +1247,7 @@ class SlurmProvisioner(ContainerProvisioner):
         lease, cancel the job, wait until Slurm lists it as ended, forget it.
         """
         self.lease_keeper.discard(self.files["lease"])
+        await self.close_tunnel()  # transport: the ssh process ends with the allocation
         if self.job_id:
             await self._cancel_job()
             await self._confirm_gone()
@@ -1702,6 +1708,7 @@ class SlurmProvisioner(ContainerProvisioner):
         info = _read_connection_file(self.files["connection"])
         if info:
             self._connection = info
+            info = await self.reattach_transport(info)  # transport: a new tunnel, same kernel
             self.connection_info = dict(info, key=info["key"].encode())
         else:
             self.log.warning(
