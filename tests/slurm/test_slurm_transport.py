@@ -1,0 +1,203 @@
+"""Private and reachable: a kernel on the firewalled node through a real SSH tunnel (sshd in
+kpwall1's namespace, keys made here), and packet captures on a node's veth showing a cell's
+output in clear text without encryption and nowhere with CurveZMQ or through the tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from kp_slurm import processes_mentioning, run_cell, wait_until
+from slurm_cluster import REQUIRE, require_multi_node, wait_job_state
+from slurm_sshd import Capture, Sshd, start_sshd, veth_of
+
+pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def _need(what: str) -> None:
+    if REQUIRE:
+        pytest.fail(what)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def sshd(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real sshd on the firewalled node (kpwall1:22), with a host and a client key made
+    for this module."""
+    require_multi_node(slurm_cluster)
+    if os.geteuid() != 0:
+        _need("the SSH tunnel test starts sshd in a node's namespace: run it as root")
+    node = slurm_cluster.firewalled_node
+    try:
+        daemon = start_sshd(
+            tmp_path_factory.mktemp("sshd"), f"kp-{node}", slurm_cluster.node_addrs[node]
+        )
+    except (FileNotFoundError, RuntimeError) as e:
+        _need(f"no sshd on {node}: {e}")
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def curve_image(images: Any) -> Path:
+    path = images.root / "kp-curve.sif"
+    if not path.exists():
+        _need(f"test image {path} is missing (make testenv builds it)")
+    return path
+
+
+def marker_cell() -> tuple[str, bytes]:
+    """(code, what it prints): the printed marker is not in the code's own text."""
+    marker = f"KP-PRIVATE-{uuid.uuid4().hex}"
+    return f"print(bytes.fromhex('{marker.encode().hex()}').decode())", marker.encode()
+
+
+def remote_watchers(lease_part: str, netns: str) -> list[int]:
+    """Pids in the node's namespace whose argv names the tunnel's lease (its remote side)."""
+    pids = []
+    out = os.popen(f"ip netns pids {netns}").read().split()
+    for pid in out:
+        try:
+            cmd = psutil.Process(int(pid)).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(lease_part in a for a in cmd):
+            pids.append(int(pid))
+    return pids
+
+
+def tunnel_processes(kernel_id: str) -> list[int]:
+    """ssh clients whose argv names this kernel's tunnel lease (the remote side's sh, in the
+    node's namespace, shares this host's pid namespace and is left out)."""
+    pids = []
+    for pid, _ in processes_mentioning(f"kernel-{kernel_id}.tunnel-"):
+        try:
+            if psutil.Process(pid).name() == "ssh":
+                pids.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+async def test_kernel_on_firewalled_node_through_ssh_tunnel(
+    slurm_kernel: Any, slurm_cluster: Any, sshd: Sshd, tmp_path: Path
+) -> None:
+    node = slurm_cluster.firewalled_node
+    km, kc = await slurm_kernel(
+        "kp-tunnel",
+        partition=slurm_cluster.firewalled_partition,
+        tunnel="ssh",
+        ssh_options=sshd.ssh_options,
+    )
+    prov = km.provisioner
+    kernel_id = prov.kernel_id
+    assert prov.node == node
+    # the kernel listens on the node's loopback only; the server uses the tunnel's ports
+    assert prov._connection["ip"] == "127.0.0.1"
+    assert km.ip == "127.0.0.1"
+    assert km.shell_port != prov._connection["shell_port"]
+    _, out = await run_cell(kc, "import socket; print(socket.gethostname())")
+    assert out.strip() == node
+
+    # one ssh process, and neither the HMAC key nor a Curve key on its command line
+    ssh_pid = prov.tunnel_pid
+    assert ssh_pid and psutil.pid_exists(ssh_pid)
+    argv = " ".join(psutil.Process(ssh_pid).cmdline())
+    assert "ssh" in argv and sshd.address in argv
+    assert km.session.key.decode() not in argv
+    if km.curve_secretkey:
+        assert km.curve_secretkey.decode() not in argv
+    assert tunnel_processes(kernel_id) == [ssh_pid]
+
+    # what crosses the node's veth is SSH only: a cell's output is not readable there
+    code, marker = marker_cell()
+    with Capture(veth_of(node), tmp_path / "tunnel.pcap") as cap:
+        _, out = await run_cell(kc, code)
+    assert out.strip() == marker.decode()
+    assert marker not in cap.data
+    assert len(cap.data) > 200  # the capture saw the cell's packets
+
+    # a restart keeps the one tunnel (same node, same ports)
+    await km.restart_kernel(now=True)
+    await kc.wait_for_ready(timeout=60)
+    _, out = await run_cell(kc, "print(6 * 7)")
+    assert out.strip() == "42"
+    assert tunnel_processes(kernel_id) == [prov.tunnel_pid]
+
+    # shutdown: no ssh left here, no remote side left on the node
+    await km.shutdown_kernel()
+    assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), 10)
+    assert await asyncio.to_thread(
+        wait_until, lambda: not remote_watchers(f"kernel-{kernel_id}.tunnel-", f"kp-{node}"), 15
+    )
+
+
+async def test_tunnel_ends_when_the_server_is_killed(
+    slurm_spec: Any, child_server: Any, slurm_cluster: Any, sshd: Sshd, state_dir: Path
+) -> None:
+    node = slurm_cluster.firewalled_node
+    lease_seconds = 10
+    name = slurm_spec(
+        "kp-tunnel-deadman",
+        partition=slurm_cluster.firewalled_partition,
+        tunnel="ssh",
+        ssh_options=sshd.ssh_options,
+        lease_seconds=lease_seconds,
+    )
+    proc, record = child_server(name)
+    kernel_id = record["kernel_id"]
+    assert tunnel_processes(kernel_id), "the stand-in server's kernel has no ssh tunnel"
+    assert remote_watchers(f"kernel-{kernel_id}.tunnel-", f"kp-{node}")
+
+    proc.send_signal(signal.SIGKILL)  # no cleanup: only pdeathsig and the leases are left
+    proc.wait(timeout=30)
+    bound = lease_seconds + 20
+    assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), bound)
+    assert await asyncio.to_thread(
+        wait_until,
+        lambda: not remote_watchers(f"kernel-{kernel_id}.tunnel-", f"kp-{node}"),
+        bound,
+    )
+    gone = await asyncio.to_thread(wait_job_state, record["job_id"], ["GONE"], bound + 10)
+    assert gone is not None
+
+
+async def test_capture_shows_output_in_clear_text_only_without_encryption(
+    slurm_kernel: Any, slurm_cluster: Any, curve_image: Path, tmp_path: Path
+) -> None:
+    require_multi_node(slurm_cluster)
+    seen = {}
+    for label, config in {
+        "plain": {"encryption": "off"},
+        "curve": {"encryption": "curve", "image": curve_image},
+    }.items():
+        km, kc = await slurm_kernel(f"kp-capture-{label}", **config)
+        prov = km.provisioner
+        assert prov.node in slurm_cluster.nodes  # another node than the server's host
+        assert bool(km.curve_publickey) == (label == "curve")
+        code, marker = marker_cell()
+        with Capture(veth_of(prov.node), tmp_path / f"{label}.pcap") as cap:
+            _, out = await run_cell(kc, code)
+        assert out.strip() == marker.decode()
+        node_ip = bytes(int(x) for x in prov.node_ip.split("."))
+        assert node_ip in cap.data  # the capture holds the kernel's packets
+        seen[label] = marker in cap.data
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    assert seen == {"plain": True, "curve": False}
+
+
+async def test_curve_required_with_an_old_image_fails_before_queueing(
+    slurm_kernel: Any, slurm_cluster: Any
+) -> None:
+    with pytest.raises(Exception) as err:
+        await slurm_kernel("kp-curve-old", encryption="curve")
+    text = str(err.value)
+    assert "kp-test.sif" in text and "CurveZMQ" in text and "tunnel='ssh'" in text
