@@ -101,6 +101,7 @@ def start_sshd(directory: Path, netns: str, address: str, timeout: float = 20) -
         )
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
+    _allow_ssh(netns)
     log = directory / "sshd.log"
     proc = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{netns}", "--", sshd, "-D", "-e", "-f", str(config)],
@@ -120,6 +121,28 @@ def start_sshd(directory: Path, netns: str, address: str, timeout: float = 20) -
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"sshd in {netns} did not accept on {address}:22: {log.read_text()}")
+
+
+def _allow_ssh(netns: str) -> None:
+    """Make sure the node's firewall (table inet kpwall, if it has one) lets port 22 in.
+
+    scripts/slurm-cluster.sh writes that rule; a cluster started by an older copy of the
+    script lacks it, so it is inserted here (before the rule that drops new connections).
+    """
+    ns = ["nsenter", f"--net=/run/netns/{netns}", "--", "nft"]
+    listed = subprocess.run(
+        [*ns, "list", "chain", "inet", "kpwall", "input"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if listed.returncode == 0 and "tcp dport 22 accept" not in listed.stdout:
+        subprocess.run(
+            [*ns, "insert", "rule", "inet", "kpwall", "input", "tcp", "dport", "22", "accept"],
+            check=True,
+            timeout=30,
+        )
 
 
 def veth_of(node: str, tag: str = "kp") -> str:
