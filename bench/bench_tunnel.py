@@ -159,11 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("JUPYTER_CONFIG_DIR", "config"),
     ]:
         os.environ[var] = str(tmp / sub)
-    sshd = start_sshd(tmp / "sshd", "kp-kpwall1", "10.77.0.100")
+    sshd = None
     try:
+        sshd = start_sshd(tmp / "sshd", "kp-kpwall1", "10.77.0.100")
         return asyncio.run(bench(args, tmp, sshd.ssh_options))
     finally:
-        sshd.stop()
+        if sshd is not None:
+            sshd.stop()
         asyncio.run(cancel_ours())
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -688,7 +688,7 @@ def kernel_report(
     if slurm:
         from .slurm import build_srun_argv
 
-        inner = [*inner, "--ip=NODE_ADDR"]
+        inner = [*inner, f"--ip={prov.kernel_bind_ip('NODE_ADDR')}"]  # transport: tunnel
         prefix = build_srun_argv("JOB_ID", f"kp-{PLACEHOLDER_ID}-kernel", cwd, prov.srun_args)
     report.argv = prefix + build_exec_argv(
         runtime_path,
@@ -705,6 +705,12 @@ def kernel_report(
         **runtime_vars,
         **container_env(flavor, {**container_vars, **prov.container_variables()}),
     }
+    if slurm:  # transport: which private path the kernel's traffic takes (issue 11)
+        from .transport import transport_verdict
+
+        checkable = image_ok and not uri and report.runtime is not None
+        level, reason = transport_verdict(prov, runtime_path if checkable else None)
+        report.verdicts.append(Verdict(level, reason, "transport"))
     report.notes.insert(
         0,
         f"{PLACEHOLDER_ID} and the connection file are placeholders: each start gets its own."
