@@ -175,10 +175,13 @@ class TransportMixin(HasTraits):
         return "open" if answer == "open" else "starting"
 
     async def _open_tunnel(self, info: Mapping[str, Any], target: str) -> SshTunnel:
-        state_dir = str(getattr(self, "state_dir", ""))
-        lease = os.path.join(
-            state_dir, f"kernel-{getattr(self, 'kernel_id', 'x')}.tunnel-{secrets.token_hex(4)}"
+        prefix = os.path.join(
+            str(getattr(self, "state_dir", "")), f"kernel-{getattr(self, 'kernel_id', 'x')}.tunnel-"
         )
+        # Leases of this kernel's earlier tunnels (a killed server's): gone, their remote
+        # sides end at their next check instead of after lease_seconds.
+        await asyncio.to_thread(_unlink_matching, prefix)
+        lease = prefix + secrets.token_hex(4)
         destination = self.tunnel_host or str(getattr(self, "node_ip", "") or "")
         tunnel = SshTunnel(
             self.ssh_command,
@@ -207,15 +210,27 @@ class TransportMixin(HasTraits):
         tunnel 127.0.0.1 and the tunnel's local ports. Called by launch_kernel and by a
         re-attach; the Curve pair travels as the connection file has it."""
         out = dict(info)
+        km = self.parent
         if self.tunnel == "ssh" and self._tunnel is not None:
             out["ip"] = "127.0.0.1"
             out.update(self._tunnel.local_ports)
+            if km is not None and hasattr(km, "connection_file"):
+                # KernelManager rewrites its connection file to match what the provisioner
+                # returns; pointed at the kernel's own file it would put the tunnel's local
+                # ports there, and a restart or re-attach would read those as the kernel's.
+                km.connection_file = self.server_side_file
         keys = curve_keys(info)
-        km = self.parent
         if keys and km is not None:
             # A re-attached kernel (or a restarted server) learns the pair from the file.
             km.curve_publickey, km.curve_secretkey = keys
         return out
+
+    @property
+    def server_side_file(self) -> str:
+        """The KernelManager's connection file in tunnel mode (127.0.0.1, local ports): next
+        to the kernel's own, which keeps what the kernel wrote."""
+        base = f"kernel-{getattr(self, 'kernel_id', 'x')}.server.json"
+        return os.path.join(str(getattr(self, "state_dir", "")), base)
 
     async def reattach_transport(self, info: Mapping[str, Any]) -> dict[str, Any]:
         """Re-open the tunnel for a kernel found running (a restarted server); called by
@@ -239,6 +254,7 @@ class TransportMixin(HasTraits):
         if keeper is not None:
             keeper.discard(tunnel.lease)
         await tunnel.stop()
+        await asyncio.to_thread(_unlink_matching, self.server_side_file)
 
     @property
     def tunnel_pid(self) -> int | None:
@@ -254,6 +270,20 @@ class TransportMixin(HasTraits):
     def _transport_kernel_name(self) -> str:
         km = self.parent
         return str(getattr(km, "kernel_name", "") or getattr(self, "kernel_id", "?"))
+
+
+def _unlink_matching(prefix: str) -> None:
+    """Remove the files whose path starts with ``prefix`` (in its directory)."""
+    head, tail = os.path.split(prefix)
+    try:
+        names = [n for n in os.listdir(head or ".") if n.startswith(tail)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(head, name))
+        except FileNotFoundError:
+            pass
 
 
 def _write_private_json(path: str, info: Mapping[str, Any]) -> None:

@@ -5,8 +5,10 @@ output in clear text without encryption and nowhere with CurveZMQ or through the
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,11 @@ from typing import Any
 
 import psutil
 import pytest
-from kp_slurm import processes_mentioning, run_cell, wait_until
-from slurm_cluster import REQUIRE, require_multi_node, wait_job_state
+from kp_slurm import job_prefix, processes_mentioning, reattach, run_cell, wait_until
+from slurm_cluster import REQUIRE, require_multi_node, squeue_jobs, wait_job_state
 from slurm_sshd import Capture, Sshd, start_sshd, veth_of
+
+from kernelprovider.errors import TunnelError
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -103,6 +107,10 @@ async def test_kernel_on_firewalled_node_through_ssh_tunnel(
     assert prov._connection["ip"] == "127.0.0.1"
     assert km.ip == "127.0.0.1"
     assert km.shell_port != prov._connection["shell_port"]
+    # the kernel's own file keeps the kernel's ports; the manager's view is another file
+    on_disk = json.loads(Path(prov.files["connection"]).read_text())
+    assert on_disk["shell_port"] == prov._connection["shell_port"]
+    assert km.connection_file != prov.files["connection"]
     _, out = await run_cell(kc, "import socket; print(socket.gethostname())")
     assert out.strip() == node
 
@@ -131,12 +139,13 @@ async def test_kernel_on_firewalled_node_through_ssh_tunnel(
     assert out.strip() == "42"
     assert tunnel_processes(kernel_id) == [prov.tunnel_pid]
 
-    # shutdown: no ssh left here, no remote side left on the node
+    # shutdown: no ssh left here, no remote side left on the node, no files of the tunnel
     await km.shutdown_kernel()
     assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), 10)
     assert await asyncio.to_thread(
         wait_until, lambda: not remote_watchers(f"kernel-{kernel_id}.tunnel-", f"kp-{node}"), 15
     )
+    assert [p.name for p in Path(prov.state_dir).iterdir() if kernel_id in p.name] == []
 
 
 async def test_tunnel_ends_when_the_server_is_killed(
@@ -201,3 +210,57 @@ async def test_curve_required_with_an_old_image_fails_before_queueing(
         await slurm_kernel("kp-curve-old", encryption="curve")
     text = str(err.value)
     assert "kp-test.sif" in text and "CurveZMQ" in text and "tunnel='ssh'" in text
+
+
+async def test_restarted_server_opens_a_new_tunnel_to_the_running_kernel(
+    slurm_spec: Any, child_server: Any, slurm_cluster: Any, sshd: Sshd
+) -> None:
+    name = slurm_spec(
+        "kp-tunnel-reattach",
+        partition=slurm_cluster.firewalled_partition,
+        tunnel="ssh",
+        ssh_options=sshd.ssh_options,
+    )
+    proc, record = child_server(name)
+    kernel_id = record["kernel_id"]
+    old = tunnel_processes(kernel_id)
+    assert len(old) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    # the dead server's ssh ends with it (pdeathsig), long before its lease would go stale
+    assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), 10)
+
+    km = await reattach(name, json.loads(json.dumps(record)))
+    prov = km.provisioner
+    assert prov.job_id == record["job_id"] and tunnel_processes(kernel_id) == [prov.tunnel_pid]
+    assert km.ip == "127.0.0.1"
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=30)
+        _, out = await run_cell(kc, "import socket; print(socket.gethostname())")
+        assert out.strip() == slurm_cluster.firewalled_node
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+    assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), 10)
+
+
+async def test_a_key_the_node_refuses_fails_the_start_with_what_ssh_said(
+    slurm_kernel: Any, slurm_cluster: Any, sshd: Sshd, tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True
+    )
+    options = [str(stranger) if o == str(sshd.client_key) else o for o in sshd.ssh_options]
+    with pytest.raises(TunnelError) as err:
+        await slurm_kernel(
+            "kp-tunnel-refused",
+            partition=slurm_cluster.firewalled_partition,
+            tunnel="ssh",
+            ssh_options=options,
+        )
+    text = str(err.value)
+    assert sshd.address in text and "Permission denied" in text and "ssh_options" in text
+    assert not [j for j in squeue_jobs(job_prefix()) if "refused" in j["name"]]
