@@ -25,10 +25,9 @@ def transport_line(out: str) -> str:
 
 @pytest.fixture
 def curve_image(images: Any) -> Path:
-    path = images.root / "kp-curve.sif"
-    if not path.exists():
-        pytest.fail(f"{path} is missing (make testenv builds it)")
-    return path
+    if not images.curve.exists():
+        pytest.fail(f"{images.curve} is missing (make testenv builds it)")
+    return images.curve
 
 
 def test_doctor_names_the_transport_of_each_slurm_kernel(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -51,10 +52,17 @@ def sshd(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture
 def curve_image(images: Any) -> Path:
-    path = images.root / "kp-curve.sif"
-    if not path.exists():
-        _need(f"test image {path} is missing (make testenv builds it)")
-    return path
+    if not images.curve.exists():
+        _need(f"test image {images.curve} is missing (make testenv builds it)")
+    return images.curve
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Any:
+    """``capture(node, label)``: a :class:`Capture` on the node's veth (needs tcpdump)."""
+    if not shutil.which("tcpdump"):
+        _need("tcpdump is not installed (scripts/slurm-cluster.sh start installs it)")
+    return lambda node, label: Capture(veth_of(node), tmp_path / f"{label}.pcap")
 
 
 def marker_cell() -> tuple[str, bytes]:
@@ -91,7 +99,7 @@ def tunnel_processes(kernel_id: str) -> list[int]:
 
 
 async def test_kernel_on_firewalled_node_through_ssh_tunnel(
-    slurm_kernel: Any, slurm_cluster: Any, sshd: Sshd, tmp_path: Path
+    slurm_kernel: Any, slurm_cluster: Any, sshd: Sshd, capture: Any
 ) -> None:
     node = slurm_cluster.firewalled_node
     km, kc = await slurm_kernel(
@@ -126,7 +134,7 @@ async def test_kernel_on_firewalled_node_through_ssh_tunnel(
 
     # what crosses the node's veth is SSH only: a cell's output is not readable there
     code, marker = marker_cell()
-    with Capture(veth_of(node), tmp_path / "tunnel.pcap") as cap:
+    with capture(node, "tunnel") as cap:
         _, out = await run_cell(kc, code)
     assert out.strip() == marker.decode()
     assert marker not in cap.data
@@ -179,7 +187,7 @@ async def test_tunnel_ends_when_the_server_is_killed(
 
 
 async def test_capture_shows_output_in_clear_text_only_without_encryption(
-    slurm_kernel: Any, slurm_cluster: Any, curve_image: Path, tmp_path: Path
+    slurm_kernel: Any, slurm_cluster: Any, curve_image: Path, capture: Any
 ) -> None:
     require_multi_node(slurm_cluster)
     seen = {}
@@ -192,7 +200,7 @@ async def test_capture_shows_output_in_clear_text_only_without_encryption(
         assert prov.node in slurm_cluster.nodes  # another node than the server's host
         assert bool(km.curve_publickey) == (label == "curve")
         code, marker = marker_cell()
-        with Capture(veth_of(prov.node), tmp_path / f"{label}.pcap") as cap:
+        with capture(prov.node, label) as cap:
             _, out = await run_cell(kc, code)
         assert out.strip() == marker.decode()
         node_ip = bytes(int(x) for x in prov.node_ip.split("."))
@@ -201,6 +209,37 @@ async def test_capture_shows_output_in_clear_text_only_without_encryption(
         kc.stop_channels()
         await km.shutdown_kernel()
     assert seen == {"plain": True, "curve": False}
+
+
+async def test_curve_kernel_restarts_encrypted_with_the_same_keys(
+    slurm_kernel: Any, curve_image: Path
+) -> None:
+    km, kc = await slurm_kernel("kp-curve-restart", image=curve_image)  # encryption: auto
+    public = km.curve_publickey
+    assert public and km.provisioner.transport_note.endswith("supports CurveZMQ")
+    _, out = await run_cell(kc, "x = 41; print(x + 1)")
+    assert out.strip() == "42"
+    await km.restart_kernel(now=True)
+    await kc.wait_for_ready(timeout=60)
+    reply, out = await run_cell(kc, "print('x' in globals())")
+    assert out.strip() == "False"  # a new kernel process, same clients, same Curve pair
+    assert km.curve_publickey == public
+
+
+async def test_tunnel_and_curve_together(
+    slurm_kernel: Any, slurm_cluster: Any, sshd: Sshd, curve_image: Path
+) -> None:
+    km, kc = await slurm_kernel(
+        "kp-tunnel-curve",
+        image=curve_image,
+        partition=slurm_cluster.firewalled_partition,
+        tunnel="ssh",
+        ssh_options=sshd.ssh_options,
+        encryption="curve",
+    )
+    assert km.curve_publickey and km.ip == "127.0.0.1"
+    _, out = await run_cell(kc, "import socket; print(socket.gethostname())")
+    assert out.strip() == slurm_cluster.firewalled_node
 
 
 async def test_curve_required_with_an_old_image_fails_before_queueing(
