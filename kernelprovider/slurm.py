@@ -1606,6 +1606,7 @@ class SlurmProvisioner(TransportMixin, ContainerProvisioner):  # transport: mixi
             self._give_up_restarts()
             raise SlurmJobEnded(why)
         said = await self._why_ended(old)
+        await self.close_tunnel()  # transport: the tunnel to the ended job's node goes too
         self.queue.unregister(old)
         self.job_id = self.step_id = None
         self.job_end = None
