@@ -20,8 +20,10 @@ import pytest
 from kp_slurm import job_prefix, processes_mentioning, reattach, run_cell, wait_until
 from slurm_cluster import REQUIRE, require_multi_node, squeue_jobs, wait_job_state
 from slurm_sshd import Capture, Sshd, start_sshd, veth_of
+from test_slurm_queue_and_clock import job_of, slurm_server, wait_for, ws_run  # noqa: F401
 
 from kernelprovider.errors import TunnelError
+from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -303,3 +305,48 @@ async def test_a_key_the_node_refuses_fails_the_start_with_what_ssh_said(
     text = str(err.value)
     assert sshd.address in text and "Permission denied" in text and "ssh_options" in text
     assert not [j for j in squeue_jobs(job_prefix()) if "refused" in j["name"]]
+
+
+async def test_jupyter_server_kernel_through_the_tunnel_survives_a_requeue(
+    slurm_server: Any,  # noqa: F811 - the fixture imported above
+    install_kernel: Any,
+    images: Any,
+    slurm_cluster: Any,
+    sshd: Sshd,
+    tmp_path: Path,
+) -> None:
+    """The real server path: POST a tunnelled kernel, run a cell over its websocket; Slurm
+    ends the job, the kernel is requeued with new ports behind a new tunnel (the old ssh is
+    gone); DELETE leaves no ssh."""
+    node = slurm_cluster.firewalled_node
+    server = slurm_server()
+    name = install_kernel(
+        "kp-tunnel-server",
+        images.test,
+        provisioner=SLURM_PROVISIONER_NAME,
+        interrupt_mode="message",
+        partition=slurm_cluster.firewalled_partition,
+        gpus="0",
+        time_limit="20:00",
+        state_dir=str(tmp_path / "state"),
+        tunnel="ssh",
+        ssh_options=sshd.ssh_options,
+    )
+    kernel_id = (await server.request("POST", "/api/kernels", {"name": name}))["id"]
+    where = "import socket; print(socket.gethostname())"
+    status, out, _ = await ws_run(server, kernel_id, where)
+    assert (status, out.strip()) == ("ok", node)
+    first = job_of(kernel_id, {"RUNNING"})
+    old = tunnel_processes(kernel_id)
+    assert first is not None and len(old) == 1
+
+    subprocess.run(["scancel", first["id"]], check=True, timeout=30)
+    new = await wait_for(lambda: job_of(kernel_id, {"RUNNING"}), 60, "the requeued job")
+    assert new["id"] != first["id"]
+    status, out, _ = await ws_run(server, kernel_id, where)
+    assert (status, out.strip()) == ("ok", node)
+    now = tunnel_processes(kernel_id)
+    assert len(now) == 1 and now != old
+
+    await server.request("DELETE", f"/api/kernels/{kernel_id}")
+    assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), 15)
