@@ -145,13 +145,16 @@ async def curve_support(runtime: str, image: str, python: str, timeout: float = 
 
 
 async def _ask(runtime: str, image: str, python: str, timeout: float) -> CurveSupport:
-    proc = await asyncio.create_subprocess_exec(
-        *curve_support_argv(runtime, image, python),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *curve_support_argv(runtime, image, python),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return CurveSupport(False, None, f"the CurveZMQ check could not run ({e.strerror})")
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
