@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Start latency and execute round-trip of a plain, a CurveZMQ-encrypted and an SSH-tunnelled
-Slurm kernel, side by side in one run.
+"""Start latency and execute round-trips (an empty cell, a cell printing 1 MB) of a plain, a
+CurveZMQ-encrypted and an SSH-tunnelled Slurm kernel, side by side in one run.
 
 On the multi-node test cluster: "plain" and "curve" run on partition ``gpu`` (nodes in their
 own network namespaces, reached directly), "tunnel" on partition ``firewalled`` (kpwall1,
@@ -49,8 +49,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def one_kernel(kernel_name: str, work: str, cells: int) -> tuple[float, list[float], str]:
-    """(s until the client was ready, round-trips of ``cells`` empty cells, node)."""
+BIG = "print('x' * 1000000)"  # 1 MB of output: where encryption's bandwidth cost would show
+
+
+async def one_kernel(
+    kernel_name: str, work: str, cells: int
+) -> tuple[float, list[float], list[float], str]:
+    """(s until the client was ready, round-trips of ``cells`` empty cells and of 5 cells
+    printing 1 MB, node)."""
     from jupyter_client import AsyncKernelManager
 
     km = AsyncKernelManager(kernel_name=kernel_name)
@@ -66,9 +72,15 @@ async def one_kernel(kernel_name: str, work: str, cells: int) -> tuple[float, li
         reply = await kc.execute_interactive("pass", timeout=30, output_hook=lambda m: None)
         rtts.append(time.monotonic() - t)
         assert reply["content"]["status"] == "ok"
+    bigs = []
+    for _ in range(5):
+        t = time.monotonic()
+        reply = await kc.execute_interactive(BIG, timeout=60, output_hook=lambda m: None)
+        bigs.append(time.monotonic() - t)
+        assert reply["content"]["status"] == "ok"
     node = km.provisioner.node
     await stop(km, kc)
-    return ready, rtts, node
+    return ready, rtts, bigs, node
 
 
 async def bench(args: argparse.Namespace, tmp: Path, ssh_options: list[str]) -> int:
@@ -107,31 +119,42 @@ async def bench(args: argparse.Namespace, tmp: Path, ssh_options: list[str]) -> 
         await one_kernel(f"kpbench-{side}", work, 3)
     ready: dict[str, list[float]] = {s: [] for s in SIDES}
     rtt: dict[str, list[float]] = {s: [] for s in SIDES}
+    big: dict[str, list[float]] = {s: [] for s in SIDES}
     nodes: dict[str, set[str]] = {s: set() for s in SIDES}
     for _ in range(args.reps):
         for side in SIDES:
-            r, rtts, node = await one_kernel(f"kpbench-{side}", work, args.cells)
+            r, rtts, bigs, node = await one_kernel(f"kpbench-{side}", work, args.cells)
             ready[side].append(r)
             rtt[side] += rtts
+            big[side] += bigs
             nodes[side].add(node)
 
     print(
         f"\n{args.reps} starts per side, interleaved; {args.cells} empty cells per kernel "
         f"(image {Path(args.image).name}); medians (min-max):"
     )
-    print(f"  {'side':7s} {'nodes':18s} {'start until ready':>24s} {'execute round-trip':>26s}")
-    med = {s: (statistics.median(ready[s]), statistics.median(rtt[s])) for s in SIDES}
+    print(
+        f"  {'side':7s} {'nodes':16s} {'start until ready':>22s} {'empty cell':>24s} "
+        f"{'cell printing 1 MB':>24s}"
+    )
+    med = {
+        s: (statistics.median(ready[s]), statistics.median(rtt[s]), statistics.median(big[s]))
+        for s in SIDES
+    }
     for side in SIDES:
         print(
-            f"  {side:7s} {','.join(sorted(nodes[side])):18s} "
-            f"{med[side][0]:8.2f} s ({min(ready[side]):.2f}-{max(ready[side]):.2f}) "
-            f"{med[side][1] * 1000:10.2f} ms ({min(rtt[side]) * 1000:.2f}-"
-            f"{max(rtt[side]) * 1000:.2f})"
+            f"  {side:7s} {','.join(sorted(nodes[side])):16s} "
+            f"{med[side][0]:6.2f} s ({min(ready[side]):.2f}-{max(ready[side]):.2f}) "
+            f"{med[side][1] * 1000:7.2f} ms ({min(rtt[side]) * 1000:.1f}-"
+            f"{max(rtt[side]) * 1000:.1f}) "
+            f"{med[side][2] * 1000:7.1f} ms ({min(big[side]) * 1000:.0f}-"
+            f"{max(big[side]) * 1000:.0f})"
         )
     for side in ("curve", "tunnel"):
         print(
             f"  {side} / plain: start {med[side][0] / med['plain'][0]:.2f}x, "
-            f"execute round-trip {med[side][1] / med['plain'][1]:.2f}x"
+            f"empty cell {med[side][1] / med['plain'][1]:.2f}x, "
+            f"1 MB cell {med[side][2] / med['plain'][2]:.2f}x"
         )
     return 0
 
