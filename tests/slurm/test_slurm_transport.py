@@ -52,6 +52,24 @@ def sshd(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     daemon.stop()
 
 
+@pytest.fixture(scope="module")
+def login_sshd(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real sshd on compute node kpnode1, standing in for a login host that reaches the
+    other nodes (the server reaches only its port 22 here)."""
+    require_multi_node(slurm_cluster)
+    if os.geteuid() != 0:
+        _need("the SSH tunnel test starts sshd in a node's namespace: run it as root")
+    host = slurm_cluster.nodes[0]
+    try:
+        daemon = start_sshd(
+            tmp_path_factory.mktemp("login-sshd"), f"kp-{host}", slurm_cluster.node_addrs[host]
+        )
+    except (FileNotFoundError, RuntimeError) as e:
+        _need(f"no sshd on {host}: {e}")
+    yield daemon
+    daemon.stop()
+
+
 @pytest.fixture
 def curve_image(images: Any) -> Path:
     if not images.curve.exists():
@@ -350,3 +368,30 @@ async def test_jupyter_server_kernel_through_the_tunnel_survives_a_requeue(
 
     await server.request("DELETE", f"/api/kernels/{kernel_id}")
     assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), 15)
+
+
+async def test_tunnel_through_a_login_host_to_another_node(
+    slurm_kernel: Any, slurm_cluster: Any, login_sshd: Sshd
+) -> None:
+    """tunnel_host: ssh goes to the "login host" (kpnode1's sshd), which forwards to the
+    kernel's node (kpnode2) at its own address."""
+    login, node = slurm_cluster.nodes[0], slurm_cluster.nodes[1]
+    km, kc = await slurm_kernel(
+        "kp-tunnel-login",
+        sbatch_args=[f"--nodelist={node}"],
+        tunnel="ssh",
+        tunnel_host=login_sshd.address,
+        ssh_options=login_sshd.ssh_options,
+    )
+    prov = km.provisioner
+    kernel_id = prov.kernel_id
+    assert prov.node == node and node != login
+    assert prov._connection["ip"] == slurm_cluster.node_addrs[node]  # reached from the login host
+    assert km.ip == "127.0.0.1"
+    argv = psutil.Process(prov.tunnel_pid).cmdline()
+    assert login_sshd.address in argv
+    assert f"{slurm_cluster.node_addrs[node]}:{prov._connection['shell_port']}" in " ".join(argv)
+    _, out = await run_cell(kc, "import socket; print(socket.gethostname())")
+    assert out.strip() == node
+    await km.shutdown_kernel()
+    assert await asyncio.to_thread(wait_until, lambda: not tunnel_processes(kernel_id), 10)
