@@ -48,6 +48,9 @@ _SSH_DEFAULTS = (
     "-T",
     "-o",
     "BatchMode=yes",
+    # A host that drops SSH too would otherwise hold the start for TCP's own timeout (minutes).
+    "-o",
+    "ConnectTimeout=10",
     "-o",
     "ExitOnForwardFailure=yes",
     "-o",
@@ -192,8 +195,11 @@ class SshTunnel:
             line = await self.process.stderr.readline()
             if not line:
                 return
-            self._err.append(line.decode(errors="replace").rstrip())
-            del self._err[:-20]
+            text = line.decode(errors="replace").rstrip()
+            # "channel N: open failed: connect failed": a probe before the kernel listened
+            if "open failed" not in text:
+                self._err.append(text)
+                del self._err[:-20]
 
     async def probe(self) -> str:
         """The kernel's shell port through the tunnel (see :func:`zmtp_probe`); raises

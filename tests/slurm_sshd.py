@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Capture", "Sshd", "start_sshd", "veth_of"]
+__all__ = ["Capture", "Sshd", "allow_ssh", "start_sshd", "veth_of"]
 
 
 @dataclass
@@ -101,7 +101,7 @@ def start_sshd(directory: Path, netns: str, address: str, timeout: float = 20) -
         )
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
-    _allow_ssh(netns)
+    allow_ssh(netns)
     log = directory / "sshd.log"
     proc = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{netns}", "--", sshd, "-D", "-e", "-f", str(config)],
@@ -123,7 +123,7 @@ def start_sshd(directory: Path, netns: str, address: str, timeout: float = 20) -
     raise RuntimeError(f"sshd in {netns} did not accept on {address}:22: {log.read_text()}")
 
 
-def _allow_ssh(netns: str) -> None:
+def allow_ssh(netns: str) -> None:
     """Make sure the node's firewall (table inet kpwall, if it has one) lets port 22 in.
 
     scripts/slurm-cluster.sh writes that rule; a cluster started by an older copy of the

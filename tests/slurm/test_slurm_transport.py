@@ -19,7 +19,7 @@ import psutil
 import pytest
 from kp_slurm import job_prefix, processes_mentioning, reattach, run_cell, wait_until
 from slurm_cluster import REQUIRE, require_multi_node, squeue_jobs, wait_job_state
-from slurm_sshd import Capture, Sshd, start_sshd, veth_of
+from slurm_sshd import Capture, Sshd, allow_ssh, start_sshd, veth_of
 from test_slurm_queue_and_clock import job_of, slurm_server, wait_for, ws_run  # noqa: F401
 
 from kernelprovider.errors import TunnelError
@@ -34,8 +34,16 @@ def _need(what: str) -> None:
     pytest.skip(what)
 
 
+@pytest.fixture
+def sshd(sshd_daemon: Sshd, slurm_cluster: Any) -> Sshd:
+    """The firewalled node's sshd, with port 22 open in its firewall for this test (a cluster
+    start by an older copy of scripts/slurm-cluster.sh rewrites the firewall without it)."""
+    allow_ssh(f"kp-{slurm_cluster.firewalled_node}")
+    return sshd_daemon
+
+
 @pytest.fixture(scope="module")
-def sshd(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+def sshd_daemon(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """A real sshd on the firewalled node (kpwall1:22), with a host and a client key made
     for this module."""
     require_multi_node(slurm_cluster)

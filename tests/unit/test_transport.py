@@ -23,6 +23,7 @@ def test_ssh_argv_forwards_five_ports_and_holds_no_secret() -> None:
     )
     assert argv[:2] == ["ssh", "-T"]
     assert "BatchMode=yes" in argv and "ExitOnForwardFailure=yes" in argv
+    assert "ConnectTimeout=10" in argv
     assert argv[argv.index("-i") + 1] == "/k/id"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-L"] == [
         f"127.0.0.1:{40001 + i}:127.0.0.1:{50001 + i}" for i in range(5)
