@@ -28,7 +28,7 @@ from .encryption import (
     parse_curve_support,
     server_has_curve,
 )
-from .errors import EncryptionUnavailable
+from .errors import EncryptionUnavailable, TunnelError
 from .tunnel import CHANNELS, SshTunnel
 
 __all__ = ["TransportMixin", "transport_verdict"]
@@ -171,7 +171,13 @@ class TransportMixin(HasTraits):
             await self.close_tunnel()
         if self._tunnel is None:
             self._tunnel = await self._open_tunnel(info, target)
-        answer = await self._tunnel.probe()
+        try:
+            answer = await self._tunnel.probe()
+        except TunnelError as e:
+            node = getattr(self, "node", None) or "?"
+            raise TunnelError(
+                f"Kernel {self._transport_kernel_name()} on node {node}: {e}"
+            ) from e
         return "open" if answer == "open" else "starting"
 
     async def _open_tunnel(self, info: Mapping[str, Any], target: str) -> SshTunnel:

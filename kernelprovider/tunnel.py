@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -85,6 +86,12 @@ def build_ssh_argv(
     return [*argv, "--", destination, remote_cmd]
 
 
+@functools.lru_cache(maxsize=1)
+def _setpriv() -> str | None:
+    """util-linux's setpriv, looked up once per process (not on every tunnel's start)."""
+    return shutil.which("setpriv")
+
+
 def free_local_ports(count: int) -> list[int]:
     """``count`` distinct ports free on 127.0.0.1 now (held together while chosen)."""
     socks = []
@@ -151,7 +158,7 @@ class SshTunnel:
         self.lease = lease
         forwards = [(self.local_ports[n], target, self.remote_ports[n]) for n in CHANNELS]
         argv = build_ssh_argv(ssh, options, destination, forwards, lease, max_age)
-        setpriv = shutil.which("setpriv")
+        setpriv = _setpriv()
         # pdeathsig: the kernel sends ssh SIGTERM the moment the server process dies.
         self.argv = [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
         self.process: asyncio.subprocess.Process | None = None
