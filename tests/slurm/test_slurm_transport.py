@@ -314,7 +314,7 @@ async def test_restarted_server_opens_a_new_tunnel_to_the_running_kernel(
 
 
 async def test_a_key_the_node_refuses_fails_the_start_with_what_ssh_said(
-    slurm_kernel: Any, slurm_cluster: Any, sshd: Sshd, tmp_path: Path
+    slurm_kernel: Any, slurm_cluster: Any, sshd: Sshd, tmp_path: Path, state_dir: Path
 ) -> None:
     stranger = tmp_path / "stranger"
     subprocess.run(
@@ -330,7 +330,12 @@ async def test_a_key_the_node_refuses_fails_the_start_with_what_ssh_said(
         )
     text = str(err.value)
     assert sshd.address in text and "Permission denied" in text and "ssh_options" in text
-    assert not [j for j in squeue_jobs(job_prefix()) if "refused" in j["name"]]
+    # the job was cancelled; no ssh, srun or kernel of this start is left
+    firewalled = slurm_cluster.firewalled_partition
+    assert not [j for j in squeue_jobs(job_prefix()) if j["partition"] == firewalled]
+    assert await asyncio.to_thread(
+        wait_until, lambda: processes_mentioning(str(state_dir)) == [], 10
+    )
 
 
 async def test_jupyter_server_kernel_through_the_tunnel_survives_a_requeue(
