@@ -190,7 +190,7 @@ def decide_curve(
             "supports CurveZMQ, or set tunnel='ssh' (SSH encrypts the traffic) and "
             "encryption='auto'."
         )
-    return False, f"not encrypted by ZeroMQ: {missing}"
+    return False, f"no CurveZMQ ({missing})"
 
 
 def first_connection_info(ip: str, public: bytes, secret: bytes) -> dict[str, Any]:

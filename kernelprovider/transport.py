@@ -344,6 +344,6 @@ def transport_verdict(prov: Any, runtime: str | None) -> tuple[str, str]:
     return (
         "warn",
         f"Traffic between server and node is signed (HMAC) but readable on the cluster "
-        f"network: {why}. Set tunnel='ssh' (encrypted by SSH), or use an image whose ipykernel "
+        f"network, {why}. Set tunnel='ssh' (encrypted by SSH), or use an image whose ipykernel "
         "supports CurveZMQ.",
     )
