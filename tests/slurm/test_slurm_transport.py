@@ -22,7 +22,7 @@ from slurm_cluster import REQUIRE, require_multi_node, squeue_jobs, wait_job_sta
 from slurm_sshd import Capture, Sshd, allow_ssh, start_sshd, veth_of
 from test_slurm_queue_and_clock import job_of, slurm_server, wait_for, ws_run  # noqa: F401
 
-from kernelprovider.errors import TunnelError
+from kernelprovider.errors import EncryptionUnavailable, TunnelError
 from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.timeout(180)]
@@ -273,10 +273,11 @@ async def test_tunnel_and_curve_together(
 async def test_curve_required_with_an_old_image_fails_before_queueing(
     slurm_kernel: Any, slurm_cluster: Any
 ) -> None:
-    with pytest.raises(Exception) as err:
+    with pytest.raises(EncryptionUnavailable) as err:
         await slurm_kernel("kp-curve-old", encryption="curve")
     text = str(err.value)
-    assert "kp-test.sif" in text and "CurveZMQ" in text and "tunnel='ssh'" in text
+    assert "kp-test.sif" in text and "ipykernel 6.17.0" in text and "tunnel='ssh'" in text
+    assert squeue_jobs(job_prefix()) == []  # refused before sbatch
 
 
 async def test_restarted_server_opens_a_new_tunnel_to_the_running_kernel(
