@@ -46,6 +46,8 @@ __all__ = [
     "named_errors",
     "named_hook",
     "KernelUnreachable",
+    "TunnelError",
+    "EncryptionUnavailable",
 ]
 
 
@@ -242,3 +244,11 @@ def named_hook(hook: _Hook) -> _Hook:
 
 class KernelUnreachable(KernelProviderError, ConnectionError):
     """The kernel listens on its node, but the server cannot connect to its ports (a firewall)."""
+
+
+class TunnelError(KernelUnreachable):
+    """The SSH tunnel to a kernel's node (or login host) could not start or has ended."""
+
+
+class EncryptionUnavailable(KernelProviderError, RuntimeError):
+    """CurveZMQ encryption is required, but the server or the image's kernel lacks it."""

@@ -454,6 +454,7 @@ image_stage() {
         kp-noipykernel) echo python3 ;;
         kp-nopython) echo minbase ;;
         kp-frameworks) echo ipykernel ;;
+        kp-curve) echo ipykernel ;;
         kp-scipy) echo scipy ;;
     esac
 }
@@ -473,6 +474,36 @@ host_pip() {
 cached_wheel() { # cached_wheel NAME==VERSION: path of its wheel in the cache, or nothing
     local name=${1%%==*} version=${1##*==}
     find "$CACHE/wheels" -maxdepth 1 -name "${name//-/_}-$version-*.whl" 2>/dev/null | head -n1
+}
+
+# kp-curve.sif: kp-test's stage plus a newer ipykernel/jupyter_client (and what they need
+# beyond Debian's packages) from published wheels, installed into /usr/local/lib/python3.11/
+# dist-packages, which the image's python3 searches before Debian's: an image whose kernel
+# speaks CurveZMQ transport encryption (ipykernel reads the Curve keys from its connection
+# file), for the capture test and bench/bench_tunnel.py. Debian's ipykernel (kp-test) cannot.
+CURVE_WHEELS=(ipykernel==7.4.0 jupyter_client==8.10.0)
+
+ensure_curve_wheels() { # the wheels and their dependencies, once, into $CACHE/wheels/curve
+    local dir="$CACHE/wheels/curve"
+    [ -f "$dir/.complete" ] && [ "$(cat "$dir/.complete")" = "${CURVE_WHEELS[*]}" ] && return 0
+    mkdir -p "$dir"
+    log "wheels: downloading ${CURVE_WHEELS[*]} and dependencies (once; cached in $dir)"
+    host_pip download -q --only-binary=:all: --python-version 3.11 \
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux_2_28_x86_64 -d "$dir" "${CURVE_WHEELS[@]}" >"$WORK/wheels.log" 2>&1 ||
+        { tail -n 20 "$WORK/wheels.log" >&2; die "pip download ${CURVE_WHEELS[*]} failed (log: $WORK/wheels.log)"; }
+    echo "${CURVE_WHEELS[*]}" >"$dir/.complete"
+}
+
+customize_curve() { # customize_curve ROOTFS: install the cached wheels, as pip --target does
+    local site="$1/usr/local/lib/python3.11/dist-packages"
+    mkdir -p "$site"
+    host_pip install -q --no-index --no-deps --no-compile --target "$site" \
+        "$CACHE"/wheels/curve/*.whl >"$WORK/curve-wheels.log" 2>&1 ||
+        { tail -n 20 "$WORK/curve-wheels.log" >&2; die "installing the curve wheels into $site failed"; }
+    rm -rf "$site/bin"
+    # The image is read-only: compile now, or every kernel start compiles ipykernel again.
+    chroot_run "$1" python3 -m compileall -q /usr/local/lib/python3.11/dist-packages >/dev/null
 }
 
 ensure_framework_wheels() {
@@ -534,6 +565,12 @@ EOF
     KERNELPROVIDER_TEST 1
 EOF
             ;;
+        kp-curve)
+            cat <<'EOF'
+    org.opencontainers.image.title kernelprovider test image whose ipykernel speaks CurveZMQ
+    KERNELPROVIDER_TEST 1
+EOF
+            ;;
         kp-scipy)
             cat <<'EOF'
     org.opencontainers.image.title kernelprovider bench image with numpy, scipy and pandas
@@ -555,6 +592,7 @@ image_key() {
         image_def "$name" ROOTFS
         declare -f strip_rootfs customize_image cached_wheel
         if [ "$name" = kp-frameworks ]; then declare -p FRAMEWORK_WHEELS; fi
+        if [ "$name" = kp-curve ]; then declare -f customize_curve; declare -p CURVE_WHEELS; fi
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -571,6 +609,7 @@ ensure_image() {
     log "image: building $name.sif from stage '$(image_stage "$name")'"
     extract_stage "$(image_stage "$name")" "$dir"
     customize_image "$name" "$dir"
+    [ "$name" != kp-curve ] || customize_curve "$dir"
     strip_rootfs "$dir"
     def="$WORK/$name.def"
     image_def "$name" "$dir" >"$def"
@@ -605,7 +644,8 @@ ensure_broken_images() {
 ensure_host_packages
 ensure_apptainer
 ensure_framework_wheels
-for img in kp-test kp-noipykernel kp-nopython kp-frameworks; do ensure_image "$img"; done
+ensure_curve_wheels
+for img in kp-test kp-noipykernel kp-nopython kp-frameworks kp-curve; do ensure_image "$img"; done
 [ "${KP_BENCH_IMAGES:-0}" != 1 ] || ensure_image kp-scipy
 ensure_broken_images
 rmdir "$ROOTFS" 2>/dev/null || true

@@ -21,7 +21,8 @@
 # home and project filesystems are; munged's socket is a path, so it works across namespaces.
 # Two more nodes exist for comparisons and failure tests:
 #   kpwall1   a namespace node whose firewall (nft, in its own namespace) drops every new
-#             inbound TCP connection except slurmd's: a site firewall in front of kernel ports
+#             inbound TCP connection except slurmd's and SSH's (port 22): a site firewall in front
+#             of kernel ports that lets SSH through
 #   <host>    a slurmd in the host namespace (NodeAddr 127.0.0.1): a kernel on the server's host
 # Partitions: gpu (default), gpu-shared, held (always DOWN) on kpnode1..N; firewalled on kpwall1;
 # local on the host. Only the addresses of the namespaces made here and loopback are used: the
@@ -145,6 +146,11 @@ install_packages() {
         command -v ip >/dev/null 2>&1 || missing+=(iproute2)
         command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
         command -v nft >/dev/null 2>&1 || missing+=(nftables)
+        # The tests' SSH tunnel (a real sshd in kpwall1's namespace, started by the tests
+        # with their own keys) and packet capture on the nodes' veths.
+        [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+        command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+        command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
     fi
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing ${missing[*]}"
@@ -399,8 +405,9 @@ net_up() { # bridge on the host, one namespace + veth per node, the firewall of 
         ip -n "$ns" addr replace "$(node_addr "$node")/24" dev eth0
         ip -n "$ns" link set eth0 up
     done
-    # kpwall1: a site firewall. slurmd's port and replies to the node's own connections pass;
-    # every other new inbound TCP connection (the kernel's ports) is dropped without answer.
+    # kpwall1: a site firewall. slurmd's port, SSH (port 22: the tunnel tests run an sshd
+    # there) and replies to the node's own connections pass; every other new inbound TCP
+    # connection (the kernel's ports) is dropped without answer.
     ip netns exec "$(netns_of "$WALL")" nft -f - <<EOF
 table inet kpwall
 delete table inet kpwall
@@ -410,6 +417,7 @@ table inet kpwall {
         iif "lo" accept
         ct state established,related accept
         tcp dport $((PORT + 1)) accept
+        tcp dport 22 accept
         meta l4proto tcp ct state new drop
     }
 }

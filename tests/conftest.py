@@ -47,6 +47,8 @@ class Images:
         self.corrupt = root / "corrupt.sif"
         #: Genuine framework files from published wheels (JAX's CUDA 12 plugin, libcudart 12).
         self.frameworks = root / "kp-frameworks.sif"
+        #: ipykernel 7.4 / jupyter_client 8.10 from wheels: a kernel that speaks CurveZMQ.
+        self.curve = root / "kp-curve.sif"
 
 
 @pytest.fixture(scope="session")

@@ -213,6 +213,12 @@ def kernel_report(
         # compat_check off: a start reads nothing, but the report still says what it skips.
         report.verdicts.extend(prov.judge(report.facts, host))
     report.verdicts.extend(plan.verdicts)
+    if slurm:  # which private path the kernel's traffic takes (SSH tunnel, CurveZMQ, none)
+        from ..transport import transport_verdict
+
+        checkable = image_ok and not uri and report.runtime is not None
+        level, reason = transport_verdict(prov, runtime.path if checkable else None)
+        report.verdicts.append(Verdict(level, reason, "transport"))
     report.argv = plan.argv
     report.env = plan.env
     report.notes.insert(

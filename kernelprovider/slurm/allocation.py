@@ -167,6 +167,36 @@ class SlurmAllocation(JobClock):
 
     # --- the allocation -------------------------------------------------------------------
 
+    async def _adopt_job(self, record: Mapping[str, Any]) -> bool:
+        """Take over the job a server's record names; called by load_provisioner_info.
+
+        True only when Slurm still lists that job under this kernel's name and user: a
+        stale record whose job id now belongs to another job is ignored (never touched).
+        """
+        self.job_id = record.get("job_id")
+        self.step_id = record.get("step_id")
+        self.node = record.get("node")
+        self.node_ip = record.get("node_ip")
+        self.state_dir = record.get("state_dir") or self.state_dir
+        if not self.job_id or record.get("job_name") != self.job_name:
+            self.log.warning(
+                "Kernel %s: the record names no Slurm job of this kernel; not attaching.",
+                self.kernel_id,
+            )
+            self.job_id = None
+            return False
+        self.queue.register(self.job_id)
+        if not await self._owns_job():
+            self.log.warning(
+                "Kernel %s: Slurm job %s has ended or is not this kernel's; not attaching.",
+                self.kernel_id,
+                self.job_id,
+            )
+            self.queue.unregister(self.job_id)
+            self.job_id = self.step_id = None
+            return False
+        return True
+
     async def _job_usable(self) -> bool:
         """True when this kernel already holds a live allocation (a restart)."""
         if not self.job_id:
@@ -342,6 +372,7 @@ class SlurmAllocation(JobClock):
         lease, cancel the job, wait until Slurm lists it as ended, forget it.
         """
         self.lease_keeper.discard(self.files["lease"])
+        await self.close_tunnel()  # transport: the ssh process ends with the allocation
         if self.job_id:
             await self._cancel_job()
             await self._confirm_gone()
@@ -521,6 +552,7 @@ class SlurmAllocation(JobClock):
             self._give_up_restarts()
             raise SlurmJobEnded(why)
         said = await self._why_ended(old)
+        await self.close_tunnel()  # transport: the tunnel to the ended job's node goes too
         self.queue.unregister(old)
         self.job_id = self.step_id = None
         self.job_end = None

@@ -251,6 +251,7 @@ def unreachable_message(
         f"The kernel in Slurm job {job_id} runs on node {node}, but this server "
         f"cannot connect to it at {info['ip']}:{info['shell_port']} ({why}); ask your "
         f"admins to allow TCP connections from this host to ports 1024-65535 of {node} "
-        "(the kernel picks random ones), or set SlurmProvisioner.kernel_ip to an address "
-        "of the node that this host can reach" + (then if cancelled else ".")
+        "(the kernel picks random ones), set SlurmProvisioner.kernel_ip to an address "
+        "of the node that this host can reach, or, where the node accepts SSH, set "
+        "SlurmProvisioner.tunnel='ssh'" + (then if cancelled else ".")
     )

@@ -35,7 +35,8 @@ from ..options import (
     SLURM_OPTIONS,
     options_mixin,
 )
-from ..provisioner import explain_exit, probe_port
+from ..provisioner import explain_exit
+from ..transport import TransportMixin  # transport: SSH tunnel and CurveZMQ (issue 11)
 from .allocation import SlurmAllocation, _facts_from_record
 from .commands import _REFUSED_GRACE, build_srun_argv, slurm_env, unreachable_message
 from .queue import run
@@ -58,7 +59,9 @@ SlurmOptions: Any = options_mixin(
 )
 
 
-class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProvisionerBase):  # type: ignore[misc]
+class SlurmProvisioner(  # type: ignore[misc]
+    TransportMixin, SlurmAllocation, SlurmOptions, ContainerMixin, KernelProvisionerBase
+):
     """Runs the container kernel on a node that Slurm allocates, as a step of a held job.
 
     Lifecycle: pre_launch submits (or reuses) an allocation and waits for it; launch_kernel
@@ -119,6 +122,7 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
         await in_thread(ensure_state_dir, self.state_dir, timeout=self.fs_timeout, what=what)
         await in_thread(check_state_files, self.files.values(), timeout=self.fs_timeout, what=what)
         await self.check_launch(cwd)
+        await self.prepare_transport()  # transport: decide CurveZMQ before a job is queued
         await in_thread(prune_old_logs, self.state_dir, timeout=self.fs_timeout, what=what)
 
         self._new_job = False
@@ -181,6 +185,8 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
             await in_thread(
                 _unlink, conn, timeout=self.fs_timeout, what=f"State directory {self.state_dir}"
             )
+            # transport: the Curve pair (and the bind address), never a key
+            await self.seed_connection_file(conn, self.kernel_bind_ip(self.node_ip or ""))
         argv = plan.argv
         # srun hands its own environment to the step, so it gets a short allowlist plus
         # the plan's variables.
@@ -222,7 +228,12 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
         """
         plan = super().launch_plan(
             dataclasses.replace(
-                ctx, inner=[*ctx.inner, f"--ip={ctx.node_addr}", *self.clock_argv(ctx.inner)]
+                ctx,
+                inner=[
+                    *ctx.inner,
+                    f"--ip={self.kernel_bind_ip(ctx.node_addr)}",
+                    *self.clock_argv(ctx.inner),
+                ],
             ),
             strict=strict,
         )
@@ -300,7 +311,7 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
             if self._new_job:
                 await self._release()
             raise
-        self.connection_info = dict(self._connection)
+        self.connection_info = self.server_connection(self._connection)  # transport: tunnel ports
         self.connection_info["key"] = self._connection["key"].encode()
         # KernelManager keeps F as its connection file: load it so its reconcile step finds
         # the manager, the file and this info in agreement (and writes nothing itself). Its
@@ -337,7 +348,7 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
                 what=f"Connection file {conn_file}",
             )
             if info:
-                answer = await probe_port(info["ip"], info["shell_port"], timeout=1.5)
+                answer = await self.probe_kernel(info)  # transport: direct or through ssh
                 if answer == "open":
                     return info
                 silent = silent + 1 if answer == "silent" else 0
@@ -522,27 +533,7 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
         self.pid = self.pgid = None
         self.process = None
         self._attached = False
-        self.job_id = provisioner_info.get("job_id")
-        self.step_id = provisioner_info.get("step_id")
-        self.node = provisioner_info.get("node")
-        self.node_ip = provisioner_info.get("node_ip")
-        self.state_dir = provisioner_info.get("state_dir") or self.state_dir
-        if not self.job_id or provisioner_info.get("job_name") != self.job_name:
-            self.log.warning(
-                "Kernel %s: the record names no Slurm job of this kernel; not attaching.",
-                self.kernel_id,
-            )
-            self.job_id = None
-            return
-        self.queue.register(self.job_id)
-        if not await self._owns_job():
-            self.log.warning(
-                "Kernel %s: Slurm job %s has ended or is not this kernel's; not attaching.",
-                self.kernel_id,
-                self.job_id,
-            )
-            self.queue.unregister(self.job_id)
-            self.job_id = self.step_id = None
+        if not await self._adopt_job(provisioner_info):
             return
         self._attached = True
         self._cwd = provisioner_info.get("cwd") or self._cwd
@@ -566,6 +557,7 @@ class SlurmProvisioner(SlurmAllocation, SlurmOptions, ContainerMixin, KernelProv
         )
         if info:
             self._connection = info
+            info = await self.reattach_transport(info)  # transport: a new tunnel, same kernel
             self.connection_info = dict(info, key=info["key"].encode())
         else:
             self.log.warning(

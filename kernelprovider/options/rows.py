@@ -1,136 +1,11 @@
-"""The option table: every container and Slurm setting, written once.
-
-The provisioners' traits (:func:`options_mixin`), the sbatch argv (:func:`sbatch_option_argv`),
-the settings quoted when Slurm rejects a job (:func:`rejection_keys`) and the ``install``/
-``scan`` command line (:func:`cli_traits`, :func:`cli_aliases`, :func:`cli_flags`,
-:func:`spec_values`) all derive from :data:`CONTAINER_OPTIONS` and :data:`SLURM_OPTIONS`.
-Adding a setting is one row here.
-"""
+"""The option table itself: one row per container, Slurm and transport setting."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from traitlets import (
-    Bool,
-    CaselessStrEnum,
-    Dict,
-    Float,
-    HasTraits,
-    Int,
-    List,
-    TraitError,
-    TraitType,
-    Unicode,
-    validate,
-)
-
-__all__ = [
-    "Option",
-    "CONTAINER_OPTIONS",
-    "SLURM_OPTIONS",
-    "options_mixin",
-    "sbatch_option_argv",
-    "sbatch_settings",
-    "rejection_keys",
-    "cli_traits",
-    "cli_aliases",
-    "cli_flags",
-    "spec_values",
-    "check_slurm_value",
-]
-
-#: An argv builder: (this option's value, every option's value) -> sbatch arguments.
-ArgvBuilder = Callable[[Any, Mapping[str, Any]], list[str]]
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its trait, how sbatch gets it, and how ``install`` spells it.
-
-    ``kind`` is one of str, int, float, bool, list, dict, enum. ``sbatch`` is a flag
-    (``--partition``: passed as ``--partition=VALUE`` when the value is set) or an argv
-    builder. ``cli`` is the install flag (``--time``), ``cli_attr`` the install app's trait
-    when the option's own name is taken there. ``hint`` holds words of an sbatch refusal
-    that point at this option. ``slurm_value``: refuse newlines, NUL and a leading '-'.
-    """
-
-    name: str
-    kind: str
-    default: Any
-    help: str
-    cli: str | None = None
-    cli_help: str = ""
-    cli_attr: str | None = None
-    sbatch: str | ArgvBuilder | None = None
-    hint: tuple[str, ...] = ()
-    values: tuple[str, ...] = ()
-    slurm_value: bool = False
-
-    def trait(self) -> TraitType:
-        """The provisioner trait (configurable per kernelspec and site-wide)."""
-        kind, default, help_text = self.kind, self.default, self.help
-        if kind == "str":
-            t: TraitType = Unicode(default, help=help_text)
-        elif kind == "int":
-            t = Int(default, help=help_text)
-        elif kind == "float":
-            t = Float(default, help=help_text)
-        elif kind == "bool":
-            t = Bool(default, help=help_text)
-        elif kind == "list":
-            t = List(Unicode(), help=help_text)
-        elif kind == "dict":
-            t = Dict(value_trait=Unicode(), help=help_text)
-        else:
-            t = CaselessStrEnum(list(self.values), default_value=default, help=help_text)
-        return t.tag(config=True)
-
-    def cli_trait(self) -> TraitType:
-        """The install app's trait: unset by default, so only given values are written."""
-        kind, help_text = self.kind, self.cli_help or self.help
-        if kind == "str":
-            t: TraitType = Unicode("", help=help_text)
-        elif kind == "int":
-            t = Int(0, help=help_text)
-        elif kind == "float":
-            t = Float(None, allow_none=True, help=help_text)
-        elif kind == "bool":
-            t = Bool(False, help=help_text)
-        elif kind == "list":
-            t = List(Unicode(), help=help_text)
-        elif kind == "dict":
-            t = Dict(value_trait=Unicode(), help=help_text)
-        else:
-            t = CaselessStrEnum(
-                list(self.values), default_value=None, allow_none=True, help=help_text
-            )
-        return t.tag(config=True)
-
-    @property
-    def attr(self) -> str:
-        """The install app's trait name for this option."""
-        return self.cli_attr or self.name
-
-    def spec_value(self, value: Any) -> Any:
-        """What ``install`` writes for a command-line value (None: not written)."""
-        if self.kind == "list":
-            return list(value)
-        if self.kind == "dict":
-            return dict(value)
-        if self.kind in ("float", "enum"):
-            return value
-        return value or None
-
-    def argv(self, value: Any, values: Mapping[str, Any]) -> list[str]:
-        """This option's sbatch arguments for ``value``."""
-        if self.sbatch is None:
-            return []
-        if callable(self.sbatch):
-            return self.sbatch(value, values)
-        return [f"{self.sbatch}={value}"] if value else []
+from .model import Option
 
 
 def _gpus_argv(value: Any, values: Mapping[str, Any]) -> list[str]:
@@ -477,84 +352,53 @@ SLURM_OPTIONS: tuple[Option, ...] = (
     ),
 )
 
-
-def check_slurm_value(name: str, value: str) -> str:
-    """Refuse a value that could smuggle another option into sbatch's argv (TraitError)."""
-    if any(c in value for c in "\n\0") or value.startswith("-"):
-        raise TraitError(f"{name}: {value!r} is not a valid Slurm value.")
-    return value
-
-
-def options_mixin(name: str, options: Sequence[Option], doc: str) -> type[HasTraits]:
-    """A HasTraits class with one trait per option (and the Slurm-value check)."""
-    namespace: dict[str, Any] = {o.name: o.trait() for o in options}
-    namespace["__doc__"] = doc
-    checked = [o.name for o in options if o.slurm_value]
-    if checked:
-
-        def _validate_slurm_value(self: HasTraits, proposal: dict[str, Any]) -> str:
-            return check_slurm_value(proposal["trait"].name, proposal["value"])
-
-        namespace["_validate_slurm_value"] = validate(*checked)(_validate_slurm_value)
-    return type(name, (HasTraits,), namespace)
-
-
-def sbatch_option_argv(values: Mapping[str, Any]) -> list[str]:
-    """The sbatch arguments of every Slurm option in ``values``, in table order."""
-    argv: list[str] = []
-    for option in SLURM_OPTIONS:
-        if option.name in values:
-            argv += option.argv(values[option.name], values)
-    return argv
-
-
-def sbatch_settings(prov: Any) -> dict[str, Any]:
-    """The values of the options that reach sbatch's argv, by name, from a provisioner."""
-    return {o.name: getattr(prov, o.name) for o in SLURM_OPTIONS if o.sbatch is not None}
-
-
-def rejection_keys(slurm_says: str, settings: Mapping[str, Any]) -> list[str]:
-    """The settings to quote for a job sbatch refused with ``slurm_says``.
-
-    The options whose hint words the refusal contains, then the partition (where the
-    limits live); every setting when no option matches.
-    """
-    low = slurm_says.lower()
-    keys = [o.name for o in SLURM_OPTIONS if any(word in low for word in o.hint)]
-    if not keys:
-        return list(settings)
-    if "partition" not in keys:
-        keys.append("partition")
-    return keys
-
-
-def _install_options() -> list[Option]:
-    return [o for o in (*CONTAINER_OPTIONS, *SLURM_OPTIONS) if o.cli]
-
-
-def cli_traits() -> dict[str, TraitType]:
-    """The install app's traits, one per option with a command-line flag."""
-    return {o.attr: o.cli_trait() for o in _install_options()}
-
-
-def cli_aliases(app: str) -> dict[str, str]:
-    """``--flag=VALUE`` aliases of ``app`` (the class name) for the valued options."""
-    return {o.cli: f"{app}.{o.attr}" for o in _install_options() if o.kind != "bool" and o.cli}
-
-
-def cli_flags(app: str) -> dict[str, tuple[dict[str, dict[str, Any]], str]]:
-    """``--flag`` switches of ``app`` for the boolean options."""
-    return {
-        o.cli: ({app: {o.attr: True}}, o.cli_help)
-        for o in _install_options()
-        if o.kind == "bool" and o.cli
-    }
-
-
-def spec_values(app: Any, slurm: bool) -> dict[str, Any]:
-    """The provisioner config values an install app stands for (None: not given).
-
-    Slurm options are written only for a Slurm kernel.
-    """
-    options = [*CONTAINER_OPTIONS, *(SLURM_OPTIONS if slurm else ())]
-    return {o.name: o.spec_value(getattr(app, o.attr)) for o in options if o.cli}
+#: How the server reaches a Slurm kernel privately (see kernelprovider.transport).
+TRANSPORT_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "tunnel",
+        "enum",
+        "none",
+        "'ssh': reach the kernel's five ports through an SSH tunnel (for nodes that accept "
+        "SSH but no other inbound connections); the kernel then listens on the node's "
+        "loopback only. 'none': connect to the node's address directly.",
+        cli="tunnel",
+        cli_help="'ssh' to reach the kernel through an SSH tunnel.",
+        values=("none", "ssh"),
+    ),
+    Option(
+        "tunnel_host",
+        "str",
+        "",
+        "SSH destination of the tunnel ([user@]host). Empty: the kernel's node itself (its "
+        "NodeAddr). A login or gateway host must reach the nodes and see state_dir; the "
+        "kernel then listens on the node's address.",
+        cli="tunnel-host",
+        cli_help="SSH destination of the tunnel (default: the kernel's node).",
+    ),
+    Option(
+        "ssh_command",
+        "list",
+        ("ssh",),
+        "The ssh client, as argv (e.g. ['/usr/bin/ssh']).",
+    ),
+    Option(
+        "ssh_options",
+        "list",
+        (),
+        "Extra ssh arguments for the tunnel, e.g. ['-i', '/home/u/.ssh/id_ed25519', '-p', "
+        "'2222', '-o', 'UserKnownHostsFile=/etc/ssh/cluster_known_hosts']. ssh runs with "
+        "BatchMode=yes: keys and known hosts must be in place, no prompt is answered.",
+    ),
+    Option(
+        "encryption",
+        "enum",
+        "auto",
+        "CurveZMQ transport encryption of the kernel's ZeroMQ traffic. 'auto': on when this "
+        "server's pyzmq and the image's ipykernel support it; 'curve': required (a start "
+        "fails where it is missing); 'off': never. KernelManager.transport_encryption="
+        "'required' also makes it required.",
+        cli="encryption",
+        cli_help="CurveZMQ: auto, curve (required) or off.",
+        values=("auto", "curve", "off"),
+    ),
+)
