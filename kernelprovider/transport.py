@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from traitlets import TraitError, validate
@@ -54,6 +54,10 @@ class TransportMixin(TransportOptions):  # type: ignore[misc,valid-type]
     """
 
     _tunnel: SshTunnel | None = None
+    # from the provisioner this is mixed into (SlurmProvisioner): its fs_timeout and the
+    # state-directory helper of its allocation (a thread with that deadline)
+    fs_timeout: float
+    _in_state_dir: Callable[..., Awaitable[Any]]
     _curve = False
     #: What the last start chose, in words (logged; doctor says the same before a start).
     transport_note = ""
@@ -130,7 +134,7 @@ class TransportMixin(TransportOptions):  # type: ignore[misc,valid-type]
         if not self._curve or keys[0] is None or keys[1] is None:
             return
         info = first_connection_info(bind_ip, keys[0], keys[1])
-        await asyncio.to_thread(_write_private_json, path, info)
+        await self._in_state_dir(_write_private_json, path, info)
 
     async def probe_kernel(self, info: Mapping[str, Any]) -> str:
         """How the kernel's shell port answers, as the server will reach it; called by
@@ -161,7 +165,7 @@ class TransportMixin(TransportOptions):  # type: ignore[misc,valid-type]
         )
         # Leases of this kernel's earlier tunnels (a killed server's): gone, their remote
         # sides end at their next check instead of after lease_seconds.
-        await asyncio.to_thread(_unlink_matching, prefix)
+        await self._in_state_dir(_unlink_matching, prefix)
         lease = prefix + secrets.token_hex(4)
         destination = self.tunnel_host or str(getattr(self, "node_ip", "") or "")
         tunnel = SshTunnel(
@@ -175,7 +179,8 @@ class TransportMixin(TransportOptions):  # type: ignore[misc,valid-type]
         )
         keeper = getattr(self, "lease_keeper", None)
         if keeper is not None:
-            keeper.add(lease)  # the remote side of the tunnel lives while this is fresh
+            # the remote side of the tunnel lives while this is fresh
+            await keeper.add(lease, self.fs_timeout)
         await tunnel.start()
         self.log.info(
             "Kernel %s: SSH tunnel to %s (pid %s): local ports %s",
@@ -235,7 +240,7 @@ class TransportMixin(TransportOptions):  # type: ignore[misc,valid-type]
         if keeper is not None:
             keeper.discard(tunnel.lease)
         await tunnel.stop()
-        await asyncio.to_thread(_unlink_matching, self.server_side_file)
+        await self._in_state_dir(_unlink_matching, self.server_side_file)
 
     @property
     def tunnel_pid(self) -> int | None:
