@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import FilesystemTimeout
 
-__all__ = ["in_thread"]
+__all__ = ["in_thread", "unlink_quietly"]
 
 T = TypeVar("T")
 
@@ -59,3 +61,9 @@ async def in_thread(fn: Callable[..., T], *args: Any, timeout: float, what: str)
             f"{what} did not answer within {timeout:.0f} s: its filesystem seems hung. The "
             "start was given up; try again later, or tell your admins which filesystem hangs."
         ) from None
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove ``path``; a file that is gone already is fine (blocking: call it in a thread)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -22,7 +22,7 @@ from .errors import (
     named_hook,
 )
 from .launch import LaunchContext
-from .offloop import in_thread
+from .offloop import in_thread, unlink_quietly
 
 __all__ = [
     "ContainerProvisioner",
@@ -245,8 +245,7 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
             return
 
         def make() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(own)
+            unlink_quietly(own)
             try:
                 os.link(conn, own)
             except OSError:
@@ -261,7 +260,7 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
         LocalProvisioner return the ports; called by KernelManager after the kernel ended."""
         link = self.kernel_file()
         if link is not None:
-            await asyncio.to_thread(_unlink_quietly, link)
+            await asyncio.to_thread(unlink_quietly, link)
         await super().cleanup(restart=restart)
 
     async def _discard_connection(self) -> None:
@@ -269,17 +268,12 @@ class ContainerProvisioner(ContainerMixin, LocalProvisioner):  # type: ignore[mi
         km = self.parent
         link = self.kernel_file()
         if link is not None:
-            await asyncio.to_thread(_unlink_quietly, link)
+            await asyncio.to_thread(unlink_quietly, link)
         if km is not None and hasattr(km, "cleanup_connection_file"):
             km.cleanup_connection_file()
         if self.connection_info.get("shell_port"):
             await self.cleanup(restart=False)  # returns the cached ports
         self.ports_cached = False
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 async def probe_port(ip: str, port: Any, timeout: float = 0.5) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import shlex
 import shutil
 import signal
@@ -25,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import TunnelError
+from .offloop import unlink_quietly
 
 __all__ = [
     "CHANNELS",
@@ -243,5 +243,4 @@ class SshTunnel:
         if self._reader is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._reader, 1)
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(os.unlink, self.lease)
+        await asyncio.to_thread(unlink_quietly, self.lease)

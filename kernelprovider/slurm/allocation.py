@@ -22,7 +22,7 @@ from ..errors import (
     SlurmSubmitError,
 )
 from ..gpu import PROBE_SCRIPT, parse_probe_output
-from ..offloop import in_thread
+from ..offloop import in_thread, unlink_quietly
 from ..options import (
     sbatch_settings,
 )
@@ -40,7 +40,7 @@ from .commands import (
     slurm_env,
 )
 from .queue import LeaseKeeper, SlurmQueue, run
-from .state import _unlink, _user, tail_file
+from .state import _user, tail_file
 
 T = TypeVar("T")
 
@@ -154,7 +154,7 @@ class SlurmAllocation(JobClock):
         """Remove one of this kernel's files at its end; a hung filesystem leaves it there
         with a warning (the job is gone already; an error would only stop the shutdown)."""
         try:
-            await self._in_state_dir(_unlink, path)
+            await self._in_state_dir(unlink_quietly, path)
         except FilesystemTimeout as e:
             self.log.warning("Kernel %s: %s is left behind: %s", self.kernel_id, path, e)
 
@@ -223,7 +223,7 @@ class SlurmAllocation(JobClock):
         rc, out, err = await run(argv, input=script, timeout=60)
         if rc != 0:
             self.lease_keeper.discard(lease)
-            await self._in_state_dir(_unlink, lease)
+            await self._in_state_dir(unlink_quietly, lease)
             raise SlurmSubmitError(await self._rejection_message(err.strip() or out.strip()))
         self.job_id = out.strip().split(";")[0]
         self.queue.register(self.job_id)
@@ -493,7 +493,7 @@ class SlurmAllocation(JobClock):
             self.kernel_id,
             self.queue_status(),
         )
-        _unlink(self.files["lease"])
+        unlink_quietly(self.files["lease"])
 
     def _enter_queue(self) -> None:
         self._waiting = True

@@ -30,7 +30,7 @@ from ..errors import (
     named_hook,
 )
 from ..launch import LaunchContext, LaunchPlan
-from ..offloop import in_thread
+from ..offloop import in_thread, unlink_quietly
 from ..options import (
     SLURM_OPTIONS,
     options_mixin,
@@ -43,7 +43,6 @@ from .queue import run
 from .state import (
     _read_connection_file,
     _signal_group,
-    _unlink,
     _write_connection_file,
     check_state_files,
     ensure_state_dir,
@@ -118,12 +117,11 @@ class SlurmProvisioner(  # type: ignore[misc]
         extra_arguments = kwargs.pop("extra_arguments", [])
         kwargs = await super().pre_launch(**kwargs)
         self._cwd = cwd
-        what = f"State directory {self.state_dir}"
-        await in_thread(ensure_state_dir, self.state_dir, timeout=self.fs_timeout, what=what)
-        await in_thread(check_state_files, self.files.values(), timeout=self.fs_timeout, what=what)
+        await self._in_state_dir(ensure_state_dir, self.state_dir)
+        await self._in_state_dir(check_state_files, self.files.values())
         await self.check_launch(cwd)
         await self.prepare_transport()  # transport: decide CurveZMQ before a job is queued
-        await in_thread(prune_old_logs, self.state_dir, timeout=self.fs_timeout, what=what)
+        await self._in_state_dir(prune_old_logs, self.state_dir)
 
         self._new_job = False
         self._stopping = False
@@ -171,20 +169,12 @@ class SlurmProvisioner(  # type: ignore[misc]
         if self._connection:
             # A restart: ipykernel removed F when the last kernel exited. Writing it back
             # makes the new kernel bind the same ports with the same key, so clients stay.
-            await in_thread(
-                _write_connection_file,
-                conn,
-                self._connection,
-                timeout=self.fs_timeout,
-                what=f"State directory {self.state_dir}",
-            )
+            await self._in_state_dir(_write_connection_file, conn, self._connection)
         else:
             # A new allocation: an F left by a kernel that Slurm killed (scancel, time limit)
             # names the old node's address and ports; ipykernel would load it and fail to
             # bind them on another node. The new kernel writes its own.
-            await in_thread(
-                _unlink, conn, timeout=self.fs_timeout, what=f"State directory {self.state_dir}"
-            )
+            await self._in_state_dir(unlink_quietly, conn)
             # transport: the Curve pair (and the bind address), never a key
             await self.seed_connection_file(conn, self.kernel_bind_ip(self.node_ip or ""))
         argv = plan.argv

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import (
     StateDirError,
 )
+from ..offloop import unlink_quietly
 
 
 def ensure_state_dir(path: str) -> str:
@@ -113,7 +114,7 @@ def _read_connection_file(path: str) -> dict[str, Any] | None:
 
 def _write_connection_file(path: str, info: Mapping[str, Any]) -> None:
     """Write connection info as the kernel would (0600, no symlink followed)."""
-    _unlink(path)
+    unlink_quietly(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(dict(info), f, indent=2)
@@ -135,13 +136,6 @@ def _signal_group(pid: int | None, signum: int) -> None:
             pass
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def prune_old_logs(state_dir: str, days: float = 7) -> None:
     """Remove kernel logs older than ``days`` from the state directory; called (in a thread)
     by each Slurm start, so a server's logs do not pile up there."""
@@ -149,6 +143,6 @@ def prune_old_logs(state_dir: str, days: float = 7) -> None:
     try:
         for entry in os.scandir(state_dir):
             if entry.name.endswith(".log") and entry.stat().st_mtime < cutoff:
-                _unlink(entry.path)
+                unlink_quietly(entry.path)
     except OSError:
         pass
