@@ -25,6 +25,7 @@ from slurm_cluster import squeue_jobs
 from kernelprovider.kernelspec import SLURM_PROVISIONER_NAME
 
 __all__ = [
+    "SLURM_GPU_MARKS",
     "MATMUL",
     "OUT",
     "REQUIRE",
@@ -45,6 +46,16 @@ __all__ = [
 ]
 
 REQUIRE = os.environ.get("KP_GPU_REQUIRE_SLURM") == "1"
+#: The marks of every Slurm GPU test module: GPU and Slurm, skipped where no driver is loaded.
+SLURM_GPU_MARKS = [
+    pytest.mark.gpu,
+    pytest.mark.slurm,
+    pytest.mark.skipif(
+        not os.path.exists("/proc/driver/nvidia/version"),
+        reason="no NVIDIA driver on this host (no /proc/driver/nvidia/version)",
+    ),
+    pytest.mark.timeout(300),
+]
 OUT = os.environ.get("KP_GPU_OUT", "")
 
 # What the kernel sees, printed as one JSON line: its host, the GPUs through the CUDA driver

@@ -27,6 +27,7 @@ from slurm_cluster import squeue_jobs, wait_job_state
 from slurm_gpu import (
     MATMUL,
     OUT,
+    SLURM_GPU_MARKS,
     compute_apps,
     job_of,
     kernel_view,
@@ -37,15 +38,7 @@ from slurm_gpu import (
     who_am_i,
 )
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.slurm,
-    pytest.mark.skipif(
-        not os.path.exists("/proc/driver/nvidia/version"),
-        reason="no NVIDIA driver on this host (no /proc/driver/nvidia/version)",
-    ),
-    pytest.mark.timeout(300),
-]
+pytestmark = SLURM_GPU_MARKS
 
 
 async def test_gpu_kernel_through_jupyter_server_runs_on_the_gpu_slurm_gave_it(

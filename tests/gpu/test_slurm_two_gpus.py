@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from integration.test_server import Server, ws_execute
 from slurm_gpu import (
+    SLURM_GPU_MARKS,
     job_of,
     kernel_view,
     run_cmd,
@@ -27,15 +27,7 @@ from slurm_gpu import (
     who_am_i,
 )
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.slurm,
-    pytest.mark.skipif(
-        not os.path.exists("/proc/driver/nvidia/version"),
-        reason="no NVIDIA driver on this host (no /proc/driver/nvidia/version)",
-    ),
-    pytest.mark.timeout(300),
-]
+pytestmark = SLURM_GPU_MARKS
 
 # A matrix product on every visible GPU, each against the CPU.
 MATMUL_EACH = r"""

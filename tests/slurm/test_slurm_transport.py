@@ -42,17 +42,16 @@ def sshd(sshd_daemon: Sshd, slurm_cluster: Any) -> Sshd:
     return sshd_daemon
 
 
-@pytest.fixture(scope="module")
-def sshd_daemon(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    """A real sshd on the firewalled node (kpwall1:22), with a host and a client key made
-    for this module."""
+def _sshd_on(
+    slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory, node: str, label: str
+) -> Iterator[Sshd]:
+    """A real sshd in ``node``'s namespace, with a host and a client key of its own."""
     require_multi_node(slurm_cluster)
     if os.geteuid() != 0:
         _need("the SSH tunnel test starts sshd in a node's namespace: run it as root")
-    node = slurm_cluster.firewalled_node
     try:
         daemon = start_sshd(
-            tmp_path_factory.mktemp("sshd"), f"kp-{node}", slurm_cluster.node_addrs[node]
+            tmp_path_factory.mktemp(label), f"kp-{node}", slurm_cluster.node_addrs[node]
         )
     except (FileNotFoundError, RuntimeError) as e:
         _need(f"no sshd on {node}: {e}")
@@ -61,21 +60,17 @@ def sshd_daemon(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def sshd_daemon(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real sshd on the firewalled node (kpwall1:22), with a host and a client key made
+    for this module."""
+    yield from _sshd_on(slurm_cluster, tmp_path_factory, slurm_cluster.firewalled_node, "sshd")
+
+
+@pytest.fixture(scope="module")
 def login_sshd(slurm_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """A real sshd on compute node kpnode1, standing in for a login host that reaches the
     other nodes (the server reaches only its port 22 here)."""
-    require_multi_node(slurm_cluster)
-    if os.geteuid() != 0:
-        _need("the SSH tunnel test starts sshd in a node's namespace: run it as root")
-    host = slurm_cluster.nodes[0]
-    try:
-        daemon = start_sshd(
-            tmp_path_factory.mktemp("login-sshd"), f"kp-{host}", slurm_cluster.node_addrs[host]
-        )
-    except (FileNotFoundError, RuntimeError) as e:
-        _need(f"no sshd on {host}: {e}")
-    yield daemon
-    daemon.stop()
+    yield from _sshd_on(slurm_cluster, tmp_path_factory, slurm_cluster.nodes[0], "login-sshd")
 
 
 @pytest.fixture
