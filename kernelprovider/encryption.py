@@ -28,6 +28,8 @@ from typing import Any
 import zmq
 
 from .aio import shared
+from .errors import KernelProviderError
+from .image.cache import _image_key
 
 __all__ = [
     "CURVE_SUPPORT_SCRIPT",
@@ -118,12 +120,6 @@ def parse_curve_support(stdout: str) -> CurveSupport:
 _cache: dict[tuple[str, str, int, int, str], CurveSupport] = {}
 
 
-def _image_key(image: str) -> tuple[str, int, int]:
-    real = os.path.realpath(image)
-    st = os.stat(real)
-    return real, st.st_size, st.st_mtime_ns
-
-
 async def curve_support(runtime: str, image: str, python: str, timeout: float = 60) -> CurveSupport:
     """Whether ``image``'s kernel speaks CurveZMQ; asked once per image file and Python.
 
@@ -134,7 +130,7 @@ async def curve_support(runtime: str, image: str, python: str, timeout: float = 
     """
     try:
         real, size, mtime = await asyncio.to_thread(_image_key, image)
-    except OSError:
+    except (OSError, KernelProviderError):
         return CurveSupport(False, None, "the image file cannot be read here")
     key = (runtime, real, size, mtime, python)
     if key in _cache:
